@@ -1,0 +1,96 @@
+"""Settings shared by the library, the gunicorn hooks and the command line, read from the environment."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+from flagmetrics.exceptions import ConfigurationError
+
+__all__ = ["Settings"]
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Every tunable of flagmetrics; each field has an environment variable `FLAGMETRICS_<FIELD>`."""
+
+    redis_url: str | None = None
+    """Redis URL (`redis://`, `rediss://` or `unix://`); set it to share fleet state across hosts."""
+
+    key_prefix: str = "flagmetrics"
+    """Prefix of every Redis key and of the local state files."""
+
+    flush_interval_s: float = 1.0
+    """Seconds between two flushes of a worker's buffer to the store."""
+
+    buffer_capacity: int = 100_000
+    """Most distinct (flag, user) pairs a worker holds between flushes; more are dropped and counted."""
+
+    scrape_timeout_s: float = 0.5
+    """Seconds a scrape waits for the store before leaving the fleet gauges out."""
+
+    max_flags: int = 1_000
+    """Most distinct flag keys per worker; further flags are counted under `__overflow__`."""
+
+    max_variants_per_flag: int = 100
+    """Most distinct variants per flag per worker; further variants are counted under `__overflow__`."""
+
+    hash_key: str = ""
+    """Secret mixed into the user-id digests; set the same value on every host to make them unguessable."""
+
+    metrics_token: str | None = None
+    """Bearer token the metrics route requires (or `user:password` for basic auth when it contains `:`)."""
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Read `FLAGMETRICS_*` variables, then apply explicit overrides that are not None."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for field in fields(cls):
+            raw = env.get(f"FLAGMETRICS_{field.name.upper()}")
+            if raw is None or raw == "":
+                continue
+            values[field.name] = _parse(field.name, raw, field.type)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values).validated()
+
+    def validated(self) -> Settings:
+        """Return self, or raise `ConfigurationError` naming the first invalid setting."""
+        if not (math.isfinite(self.flush_interval_s) and 0.01 <= self.flush_interval_s <= 3600):
+            raise ConfigurationError(
+                f"`flush_interval_s` must be between 0.01 and 3600 seconds, got {self.flush_interval_s!r}"
+            )
+        if not (math.isfinite(self.scrape_timeout_s) and 0.01 <= self.scrape_timeout_s <= 60):
+            raise ConfigurationError(
+                f"`scrape_timeout_s` must be between 0.01 and 60 seconds, got {self.scrape_timeout_s!r}"
+            )
+        for name in ("buffer_capacity", "max_flags", "max_variants_per_flag"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigurationError(f"`{name}` must be a positive whole number, got {value!r}")
+        if not self.key_prefix or any(c.isspace() for c in self.key_prefix):
+            raise ConfigurationError(
+                f"`key_prefix` must be a non-empty string without spaces, got {self.key_prefix!r}"
+            )
+        return self
+
+    def with_(self, **changes: Any) -> Settings:
+        """Return a copy with some fields changed, validated."""
+        return replace(self, **changes).validated()
+
+
+def _parse(name: str, raw: str, annotation: Any) -> Any:
+    kind = str(annotation)
+    try:
+        if kind == "float":
+            return float(raw)
+        if kind == "int":
+            return int(raw.replace("_", ""))
+    except ValueError:
+        raise ConfigurationError(
+            f"environment variable `FLAGMETRICS_{name.upper()}` must be a {kind}, got {raw!r}"
+        ) from None
+    return raw

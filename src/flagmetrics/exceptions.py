@@ -1,0 +1,33 @@
+"""The errors flagmetrics raises: one root, `FlagMetricsError`, and a few subclasses."""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigurationError",
+    "FlagMetricsError",
+    "MissingDependencyError",
+    "StoreError",
+]
+
+
+class FlagMetricsError(Exception):
+    """Root of every error raised by flagmetrics."""
+
+
+class ConfigurationError(FlagMetricsError, ValueError):
+    """A setting or argument is invalid; the message names it and says how to fix it."""
+
+
+class StoreError(FlagMetricsError):
+    """The fleet store (Redis or the local multiprocess directory) could not be read or written."""
+
+
+class MissingDependencyError(FlagMetricsError, ImportError):
+    """An optional dependency is missing; the message gives the `pip install` command."""
+
+    def __init__(self, package: str, extra: str) -> None:
+        super().__init__(
+            f"{package} is not installed; install it with: pip install 'flagmetrics[{extra}]'"
+        )
+        self.package = package
+        self.extra = extra

@@ -1,0 +1,461 @@
+"""`PrometheusExporter`: the API applications call, a drop-in for litestar-flags' exporter that is true
+across gunicorn workers and hosts."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import Iterable, Sequence
+from typing import Any, Protocol, cast, runtime_checkable
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from flagmetrics.buffer import Buffer, FlagBuffer
+from flagmetrics.collector import FleetGauge, fleet_gauges
+from flagmetrics.config import Settings
+from flagmetrics.events import (
+    ERROR,
+    MAX_DURATION_MS,
+    MAX_TARGETING_KEY_LENGTH,
+    OVERFLOW,
+    duration_ms,
+    error_code,
+    labels,
+)
+from flagmetrics.exceptions import ConfigurationError, FlagMetricsError, StoreError
+from flagmetrics.flusher import Flusher
+from flagmetrics.logs import ThrottledLog, logger
+from flagmetrics.metrics import DEFAULT_DURATION_BUCKETS, Metrics, multiprocess_dir
+from flagmetrics.stores import default_store
+from flagmetrics.stores.base import Pin, Snapshot, Store
+
+__all__ = ["PROMETHEUS_AVAILABLE", "MetricsProvider", "PrometheusExporter"]
+
+PROMETHEUS_AVAILABLE = True
+"""Kept for litestar-flags compatibility: prometheus_client is a dependency of flagmetrics."""
+
+# Most raw (flag_key, reason, variant) tuples remembered for the fast path; past it, new ones
+# take the slow path each time (they are still counted correctly).
+_SERIES_CACHE_LIMIT = 100_000
+
+
+@runtime_checkable
+class MetricsProvider(Protocol):
+    """Pre-aggregated figures of one flag, as litestar-flags' `FlagMetrics` has them."""
+
+    @property
+    def unique_users(self) -> int:
+        """Number of unique users who evaluated the flag."""
+        ...
+
+    @property
+    def error_rate(self) -> float:
+        """Error rate as a percentage (0-100)."""
+        ...
+
+    @property
+    def total_evaluations(self) -> int:
+        """Total number of evaluations."""
+        ...
+
+
+class _Series:
+    """What `record()` touches for one (flag_key, reason, variant): everything resolved in advance."""
+
+    __slots__ = ("count", "duration", "flag", "flag_key", "is_error", "overflow")
+
+    def __init__(
+        self,
+        flag_key: str,
+        count: Counter,
+        duration: Histogram,
+        flag: FlagBuffer,
+        is_error: bool,
+        overflow: Counter | None,
+    ) -> None:
+        self.flag_key = flag_key
+        self.count = count
+        self.duration = duration
+        self.flag = flag
+        self.is_error = is_error
+        self.overflow = overflow
+
+
+class PrometheusExporter:
+    """Feature-flag evaluation metrics for Prometheus, correct for a whole gunicorn fleet.
+
+    Counters and histograms are prometheus_client metrics (multiprocess mode under gunicorn, so every
+    worker's counts add up); unique users and error rates are kept in a fleet store shared by all
+    workers and hosts and computed at scrape time. `record()` never waits on the network: user ids go
+    into an in-memory buffer that a background task hashes and flushes to the store.
+
+    Metrics exported (with `prefix_` in front when a prefix is given):
+    `feature_flag_evaluations_total{flag_key,reason,variant}`,
+    `feature_flag_evaluation_duration_seconds{flag_key}`, `feature_flag_unique_users{flag_key}`,
+    `feature_flag_error_rate{flag_key}`, plus `flagmetrics_*` self-metrics.
+    """
+
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = None,
+        prefix: str = "",
+        duration_buckets: tuple[float, ...] = DEFAULT_DURATION_BUCKETS,
+        *,
+        store: Store | None = None,
+        settings: Settings | None = None,
+        flush_interval_s: float | None = None,
+        buffer_capacity: int | None = None,
+        scrape_timeout_s: float | None = None,
+        max_flags: int | None = None,
+        max_variants_per_flag: int | None = None,
+        hash_key: str | None = None,
+    ) -> None:
+        """Create the metrics and choose the store.
+
+        Args:
+            registry: Registry for the counter and histogram; prometheus_client's default when None.
+                Under multiprocess mode a scrape reads every worker's files instead.
+            prefix: Prefix of every metric name (`"myapp"` gives `myapp_feature_flag_*`).
+            duration_buckets: Histogram buckets in seconds.
+            store: Fleet store; when None, a `RedisStore` if `FLAGMETRICS_REDIS_URL` is set, else a
+                `LocalStore` beside the multiprocess files (or in memory for a single process).
+            settings: All settings at once; by default read from `FLAGMETRICS_*` variables. The
+                keyword arguments after it override single fields.
+        """
+        if not isinstance(prefix, str) or (prefix and not prefix.replace("_", "a").isalnum()):
+            raise ConfigurationError(f"`prefix` must be letters, digits and underscores, got {prefix!r}")
+        self._settings = (settings or Settings.from_env()).with_(
+            **{
+                k: v
+                for k, v in {
+                    "flush_interval_s": flush_interval_s,
+                    "buffer_capacity": buffer_capacity,
+                    "scrape_timeout_s": scrape_timeout_s,
+                    "max_flags": max_flags,
+                    "max_variants_per_flag": max_variants_per_flag,
+                    "hash_key": hash_key,
+                }.items()
+                if v is not None
+            }
+        )
+        self._multiprocess_dir = multiprocess_dir()
+        self._prefix = f"{prefix}_" if prefix else ""
+        self._metrics = Metrics.create(registry, self._prefix, tuple(duration_buckets))
+        self._registry = registry
+        self._gauges = fleet_gauges(self._prefix)
+        self._store = store if store is not None else default_store(self._settings, self._multiprocess_dir)
+        self._buffer = Buffer(self._settings.buffer_capacity)
+        self._flusher: Flusher | None = None
+        if self._store is not None:
+            self._flusher = Flusher(
+                self._buffer,
+                self._store,
+                interval_s=self._settings.flush_interval_s,
+                hash_key=self._settings.hash_key.encode(),
+                store_errors=self._metrics.store_errors,
+                dropped_events=self._metrics.dropped_events,
+            )
+        self._start_pending = self._flusher is not None
+        self._series: dict[Any, _Series] = {}
+        self._by_label: dict[tuple[str, str, str], _Series] = {}
+        self._variants: dict[str, set[str]] = {}
+        self._fleet_keys: frozenset[str] = frozenset()
+        self._invalid = {
+            reason: self._metrics.invalid_events.labels(reason=reason)
+            for reason in ("flag_key", "reason", "variant", "duration", "targeting_key", "event")
+        }
+        self._dropped = self._metrics.dropped_events
+        self._log = ThrottledLog()
+
+    # -- properties kept from litestar-flags' exporter ---------------------------------------------
+
+    @property
+    def registry(self) -> CollectorRegistry | None:
+        """The registry holding the counter and histogram (None: prometheus_client's default)."""
+        return self._registry
+
+    @property
+    def evaluations_counter(self) -> Counter:
+        """The evaluations counter."""
+        return self._metrics.evaluations
+
+    @property
+    def duration_histogram(self) -> Histogram:
+        """The evaluation duration histogram."""
+        return self._metrics.duration
+
+    @property
+    def unique_users_gauge(self) -> FleetGauge:
+        """The unique-users gauge; computed from the store at scrape time, so it cannot be `set`."""
+        return self._gauges[0]
+
+    @property
+    def error_rate_gauge(self) -> FleetGauge:
+        """The error-rate gauge; computed from the store at scrape time, so it cannot be `set`."""
+        return self._gauges[1]
+
+    @property
+    def store(self) -> Store | None:
+        """The fleet store, or None when the fleet gauges are off."""
+        return self._store
+
+    @property
+    def settings(self) -> Settings:
+        """The settings in effect."""
+        return self._settings
+
+    @property
+    def prefix(self) -> str:
+        """The metric name prefix, with its trailing `_` (empty when none)."""
+        return self._prefix
+
+    @property
+    def metrics(self) -> Metrics:
+        """The prometheus_client metric objects, self-metrics included."""
+        return self._metrics
+
+    @property
+    def multiprocess_path(self) -> str | None:
+        """prometheus_client's multiprocess directory, or None in a single process."""
+        return self._multiprocess_dir
+
+    # -- the hot path ------------------------------------------------------------------------------
+
+    async def record(self, event: Any) -> None:
+        """Record one evaluation event; never raises and never waits on the network."""
+        try:
+            try:
+                series = self._series[(event.flag_key, event.reason, event.variant)]
+            except (KeyError, AttributeError, TypeError):
+                series = self._admit(event)
+                if series is None:
+                    return
+            series.count.inc()
+            try:
+                ms = event.evaluation_duration_ms
+            except AttributeError:
+                ms = None
+            if ms.__class__ is float and 0.0 <= ms <= MAX_DURATION_MS:
+                series.duration.observe(ms / 1000.0)
+            else:
+                self._observe_slow(series, event)
+            flag = series.flag
+            flag.total += 1
+            if series.is_error:
+                flag.errors += 1
+                self._metrics.errors.labels(series.flag_key, error_code(event)).inc()
+            if series.overflow is not None:
+                series.overflow.inc()
+            try:
+                user = event.targeting_key
+            except AttributeError:
+                user = None
+            if user:
+                if user.__class__ is str and len(user) <= MAX_TARGETING_KEY_LENGTH:
+                    users = flag.users
+                    if user not in users:
+                        buffer = self._buffer
+                        if buffer.room > 0:
+                            users.add(user)
+                            buffer.room -= 1
+                        else:
+                            self._dropped.inc()
+                else:
+                    self._defect("targeting_key", type(user).__name__)
+            if self._start_pending:
+                self._start()
+        except Exception:
+            self._invalid["event"].inc()
+            self._log.warning("internal", "flagmetrics: could not record a %s", type(event).__name__)
+
+    def _admit(self, event: Any) -> _Series | None:
+        """Validate the labels of an event not seen before and resolve its series (slow path)."""
+        flag_key, reason, variant, defects = labels(event)
+        for defect in defects:
+            self._defect(defect, type(event).__name__)
+        if not flag_key:
+            return None
+        if flag_key not in self._variants and len(self._variants) >= self._settings.max_flags:
+            flag_key = OVERFLOW
+        known = self._variants.setdefault(flag_key, set())
+        if variant not in known:
+            if len(known) >= self._settings.max_variants_per_flag:
+                variant = OVERFLOW
+            else:
+                known.add(variant)
+        label = (flag_key, reason, variant)
+        series = self._by_label.get(label)
+        if series is None:
+            overflow = None
+            if OVERFLOW in (flag_key, variant):
+                kind = "flag_key" if flag_key == OVERFLOW else "variant"
+                overflow = self._metrics.cardinality_overflow.labels(kind=kind)
+                self._log.warning(
+                    f"cap-{kind}",
+                    "flagmetrics: %s cap reached; further values are counted as %s",
+                    kind, OVERFLOW,
+                )
+            series = self._by_label[label] = _Series(
+                flag_key=flag_key,
+                count=self._metrics.evaluations.labels(flag_key, reason, variant),
+                duration=self._metrics.duration.labels(flag_key),
+                flag=self._buffer.flag(flag_key),
+                is_error=reason == ERROR,
+                overflow=overflow,
+            )
+        if not defects and len(self._series) < _SERIES_CACHE_LIMIT:
+            try:
+                self._series[(event.flag_key, event.reason, event.variant)] = series
+            except TypeError:
+                pass  # an unhashable field: this event type always takes the slow path
+        return series
+
+    def _observe_slow(self, series: _Series, event: Any) -> None:
+        ms = duration_ms(event)
+        if ms is None:
+            self._defect("duration", type(event).__name__)
+        else:
+            series.duration.observe(ms / 1000.0)
+
+    def _defect(self, defect: str, detail: str) -> None:
+        """Count a defect; log it without the event's values, which may carry user ids."""
+        self._invalid[defect].inc()
+        self._log.warning(
+            defect, "flagmetrics: %s with an invalid %s (counted in flagmetrics_invalid_events_total)",
+            detail, defect,
+        )
+
+    def _start(self) -> None:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self._start_pending = False
+        if self._flusher is not None:
+            self._flusher.start()
+
+    # -- the rest of litestar-flags' API -----------------------------------------------------------
+
+    async def record_batch(self, events: Iterable[Any]) -> None:
+        """Record several evaluation events."""
+        for event in events:
+            await self.record(event)
+
+    async def start(self) -> None:
+        """Start the background flusher on the running loop (the Litestar plugin does this)."""
+        self._start()
+
+    async def flush(self) -> None:
+        """Deliver everything buffered to the store now; raise `StoreError` when it cannot.
+
+        What could not be delivered stays buffered and is retried by the background flusher.
+        """
+        if self._flusher is not None:
+            await self._flusher.flush()
+
+    async def close(self, timeout_s: float = 5.0) -> None:
+        """Stop the flusher, deliver what is buffered (waiting at most `timeout_s`) and close the store.
+
+        Unlike litestar-flags' exporter this does not clear any figures: they belong to the fleet.
+        """
+        if self._flusher is not None:
+            await self._flusher.stop(timeout_s)
+            self._start_pending = True
+        if self._store is not None:
+            await self._store.close()
+
+    async def reset_flag_stats(self, flag_key: str) -> None:
+        """Forget a flag's unique users, error counts and pinned figures for the whole fleet.
+
+        Counters and histograms are not reset (Prometheus counters only go up). Evaluations that
+        other workers buffered before the reset may still arrive within one flush interval.
+        """
+        self._buffer.discard(flag_key)
+        if self._store is not None:
+            await self._store.reset(flag_key)
+
+    async def reset_all_stats(self) -> None:
+        """Forget every flag's unique users, error counts and pinned figures for the whole fleet."""
+        self._buffer.discard()
+        if self._store is not None:
+            await self._store.reset()
+
+    def update_from_metrics(self, flag_key: str, metrics: MetricsProvider | dict[str, Any]) -> None:
+        """Pin a flag's unique users and error rate (given in percent, 0-100) for every worker.
+
+        The pinned figures replace the computed ones in every worker's scrape from the next flush
+        on, until `reset_flag_stats(flag_key)`.
+        """
+        if self._store is None:
+            raise ConfigurationError(
+                "`update_from_metrics` needs a fleet store; set FLAGMETRICS_REDIS_URL or pass `store=`"
+            )
+        if isinstance(metrics, dict):
+            raw = cast(dict[str, Any], metrics)
+            users = raw.get("unique_users") or 0
+            rate = raw.get("error_rate") or 0.0
+        else:
+            users, rate = metrics.unique_users, metrics.error_rate
+        try:
+            users, rate = int(users), float(rate)
+        except (TypeError, ValueError) as exc:
+            raise ConfigurationError(f"`metrics` for {flag_key!r} holds non-numeric figures: {exc}") from exc
+        if users < 0 or not 0.0 <= rate <= 100.0:
+            raise ConfigurationError(
+                f"`metrics` for {flag_key!r} needs unique_users >= 0 and error_rate in 0..100, "
+                f"got {users} and {rate}"
+            )
+        self._buffer.pin(flag_key, Pin(unique_users=users, error_rate=rate / 100.0))
+        if self._start_pending:
+            self._start()
+
+    async def update_from_aggregator(
+        self,
+        aggregator: Any,
+        flag_keys: Sequence[str],
+        window_seconds: int = 3600,
+    ) -> None:
+        """Pin flags' figures from an aggregator's `get_flag_metrics` (awaited when async).
+
+        Every flag is tried; failures are raised together afterwards as one `FlagMetricsError`.
+        """
+        getter = getattr(aggregator, "get_flag_metrics_async", None) or getattr(
+            aggregator, "get_flag_metrics", None
+        )
+        if getter is None:
+            raise ConfigurationError("`aggregator` has neither get_flag_metrics nor get_flag_metrics_async")
+        failed: list[str] = []
+        for flag_key in flag_keys:
+            try:
+                result = getter(flag_key, window_seconds)
+                if inspect.isawaitable(result):
+                    result = await result
+                self.update_from_metrics(flag_key, result)
+            except Exception as exc:
+                failed.append(f"{flag_key!r}: {exc}")
+        if failed:
+            raise FlagMetricsError(
+                f"could not update {len(failed)} of {len(flag_keys)} flags from the aggregator: "
+                + "; ".join(failed)
+            )
+
+    def get_tracked_flag_keys(self) -> list[str]:
+        """Flag keys recorded by this process or present in the fleet state at its last scrape."""
+        local = {key for key, variants in self._variants.items() if variants}
+        return sorted(local | self._fleet_keys)
+
+    # -- scrape side -------------------------------------------------------------------------------
+
+    async def fleet_snapshot(self) -> Snapshot | None:
+        """Read the fleet state for a scrape, or None when there is no store or it cannot be read in time."""
+        if self._store is None:
+            return None
+        try:
+            async with asyncio.timeout(self._settings.scrape_timeout_s):
+                snapshot = await self._store.snapshot()
+        except (StoreError, TimeoutError, OSError) as exc:
+            self._metrics.store_errors.labels(operation="snapshot").inc()
+            self._log.warning("snapshot", "flagmetrics: fleet gauges left out, store unreadable: %r", exc)
+            return None
+        self._fleet_keys = frozenset(snapshot.flags)
+        return snapshot

@@ -1,0 +1,92 @@
+"""What every fleet store takes (a `Batch` from a worker) and gives (a `Snapshot` for a scrape)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+__all__ = ["Batch", "FlagDelta", "FlagStats", "Pin", "Snapshot", "Store"]
+
+
+@dataclass(slots=True)
+class FlagDelta:
+    """One flag's share of a batch: evaluation and error counts, and user digests."""
+
+    total: int = 0
+    errors: int = 0
+    members: frozenset[bytes] = field(default_factory=frozenset)
+
+
+@dataclass(frozen=True, slots=True)
+class Pin:
+    """Figures set from outside (`update_from_metrics`) that replace a flag's computed gauges."""
+
+    unique_users: int
+    error_rate: float
+    """Between 0 and 1."""
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """What one worker flushes at once; `(writer, seq)` makes delivering it twice harmless."""
+
+    writer: str
+    seq: int
+    flags: Mapping[str, FlagDelta]
+    pins: Mapping[str, Pin] = field(default_factory=dict)
+
+    @property
+    def members(self) -> int:
+        """Number of user digests in the batch."""
+        return sum(len(delta.members) for delta in self.flags.values())
+
+    @property
+    def events(self) -> int:
+        """Number of evaluations in the batch."""
+        return sum(delta.total for delta in self.flags.values())
+
+
+@dataclass(frozen=True, slots=True)
+class FlagStats:
+    """A flag's fleet-wide figures at one moment."""
+
+    total: int
+    errors: int
+    unique_users: int
+    pinned_error_rate: float | None = None
+
+    @property
+    def error_rate(self) -> float | None:
+        """Errors over evaluations (0..1); None before the first evaluation."""
+        if self.pinned_error_rate is not None:
+            return self.pinned_error_rate
+        return self.errors / self.total if self.total else None
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Every flag's fleet-wide figures, read in one go for one scrape."""
+
+    flags: Mapping[str, FlagStats]
+
+
+@runtime_checkable
+class Store(Protocol):
+    """Fleet state shared by every worker: one implementation per backend."""
+
+    async def push(self, batch: Batch) -> None:
+        """Apply `batch` exactly once, however often it is delivered; raise `StoreError` on failure."""
+        ...
+
+    async def snapshot(self) -> Snapshot:
+        """Read every flag's figures in a bounded number of round trips; raise `StoreError` on failure."""
+        ...
+
+    async def reset(self, flag_key: str | None = None) -> None:
+        """Forget one flag's fleet state, or every flag's when `flag_key` is None."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections and files."""
+        ...
