@@ -16,6 +16,7 @@ __all__ = [
     "PROMETHEUS_AVAILABLE",
     "ConfigurationError",
     "FlagMetricsError",
+    "LocalStore",
     "MetricsProvider",
     "MissingDependencyError",
     "PrometheusExporter",
@@ -30,6 +31,7 @@ _LAZY = {
     "PROMETHEUS_AVAILABLE": "flagmetrics.exporter",
     "ConfigurationError": "flagmetrics.exceptions",
     "FlagMetricsError": "flagmetrics.exceptions",
+    "LocalStore": "flagmetrics.stores.local",
     "MetricsProvider": "flagmetrics.exporter",
     "MissingDependencyError": "flagmetrics.exceptions",
     "PrometheusExporter": "flagmetrics.exporter",
@@ -48,6 +50,7 @@ if TYPE_CHECKING:
     )
     from flagmetrics.exporter import PROMETHEUS_AVAILABLE, MetricsProvider, PrometheusExporter
     from flagmetrics.metrics import DEFAULT_DURATION_BUCKETS
+    from flagmetrics.stores.local import LocalStore
     from flagmetrics.stores.redis import RedisStore
 
 

@@ -38,15 +38,12 @@ def fleet_gauges(prefix: str) -> tuple[FleetGauge, FleetGauge]:
 class FleetCollector:
     """Yield the fleet gauges from `snapshot`, or only `store_up 0` when the store could not be read."""
 
-    def __init__(self, snapshot: Snapshot | None, prefix: str, *, store_configured: bool = True) -> None:
+    def __init__(self, snapshot: Snapshot | None, prefix: str) -> None:
         self._snapshot = snapshot
         self._prefix = prefix
-        self._store_configured = store_configured
 
     def collect(self) -> Iterator[Metric]:
         """Yield the gauges; no I/O happens here."""
-        if not self._store_configured:
-            return
         users_gauge, rate_gauge = fleet_gauges(self._prefix)
         yield GaugeMetricFamily(
             f"{self._prefix}flagmetrics_store_up",

@@ -14,13 +14,13 @@ from typing import Any, Final
 __all__ = [
     "ERROR",
     "ERROR_CODES",
-    "Evaluation",
     "KNOWN_REASONS",
     "MAX_DURATION_MS",
     "MAX_KEY_LENGTH",
     "MAX_TARGETING_KEY_LENGTH",
     "OVERFLOW",
     "UNKNOWN",
+    "Evaluation",
     "duration_ms",
     "error_code",
     "labels",
@@ -144,19 +144,19 @@ def _label(value: Any) -> str | None:
         value = value.value
     if not isinstance(value, str):
         return None
-    value = str(value)
-    if not value or len(value) > MAX_KEY_LENGTH or value == OVERFLOW:
+    text = str(value)  # a plain str, also for str subclasses
+    if not text or len(text) > MAX_KEY_LENGTH or text == OVERFLOW:
         return None
     try:
-        value.encode("utf-8")
+        text.encode("utf-8")
     except UnicodeEncodeError:
         return None
-    return value
+    return text
 
 
 def _reason(value: Any) -> str | None:
     if isinstance(value, Enum):
         value = value.value
     if isinstance(value, str) and value.upper() in KNOWN_REASONS:
-        return value.upper()
+        return str(value.upper())
     return None

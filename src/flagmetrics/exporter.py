@@ -4,9 +4,10 @@ across gunicorn workers and hosts."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 from collections.abc import Iterable, Sequence
-from typing import Any, Protocol, cast, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
@@ -24,7 +25,7 @@ from flagmetrics.events import (
 )
 from flagmetrics.exceptions import ConfigurationError, FlagMetricsError, StoreError
 from flagmetrics.flusher import Flusher
-from flagmetrics.logs import ThrottledLog, logger
+from flagmetrics.logs import ThrottledLog
 from flagmetrics.metrics import DEFAULT_DURATION_BUCKETS, Metrics, multiprocess_dir
 from flagmetrics.stores import default_store
 from flagmetrics.stores.base import Pin, Snapshot, Store
@@ -145,17 +146,15 @@ class PrometheusExporter:
         self._gauges = fleet_gauges(self._prefix)
         self._store = store if store is not None else default_store(self._settings, self._multiprocess_dir)
         self._buffer = Buffer(self._settings.buffer_capacity)
-        self._flusher: Flusher | None = None
-        if self._store is not None:
-            self._flusher = Flusher(
-                self._buffer,
-                self._store,
-                interval_s=self._settings.flush_interval_s,
-                hash_key=self._settings.hash_key.encode(),
-                store_errors=self._metrics.store_errors,
-                dropped_events=self._metrics.dropped_events,
-            )
-        self._start_pending = self._flusher is not None
+        self._flusher = Flusher(
+            self._buffer,
+            self._store,
+            interval_s=self._settings.flush_interval_s,
+            hash_key=self._settings.hash_key.encode(),
+            store_errors=self._metrics.store_errors,
+            dropped_events=self._metrics.dropped_events,
+        )
+        self._start_pending = True
         self._series: dict[Any, _Series] = {}
         self._by_label: dict[tuple[str, str, str], _Series] = {}
         self._variants: dict[str, set[str]] = {}
@@ -195,8 +194,8 @@ class PrometheusExporter:
         return self._gauges[1]
 
     @property
-    def store(self) -> Store | None:
-        """The fleet store, or None when the fleet gauges are off."""
+    def store(self) -> Store:
+        """The fleet store."""
         return self._store
 
     @property
@@ -227,9 +226,10 @@ class PrometheusExporter:
             try:
                 series = self._series[(event.flag_key, event.reason, event.variant)]
             except (KeyError, AttributeError, TypeError):
-                series = self._admit(event)
-                if series is None:
+                admitted = self._admit(event)
+                if admitted is None:
                     return
+                series = admitted
             series.count.inc()
             try:
                 ms = event.evaluation_duration_ms
@@ -304,10 +304,9 @@ class PrometheusExporter:
                 overflow=overflow,
             )
         if not defects and len(self._series) < _SERIES_CACHE_LIMIT:
-            try:
+            # An unhashable field makes this event type take the slow path every time.
+            with contextlib.suppress(TypeError):
                 self._series[(event.flag_key, event.reason, event.variant)] = series
-            except TypeError:
-                pass  # an unhashable field: this event type always takes the slow path
         return series
 
     def _observe_slow(self, series: _Series, event: Any) -> None:
@@ -331,8 +330,7 @@ class PrometheusExporter:
         except RuntimeError:
             return
         self._start_pending = False
-        if self._flusher is not None:
-            self._flusher.start()
+        self._flusher.start()
 
     # -- the rest of litestar-flags' API -----------------------------------------------------------
 
@@ -350,19 +348,16 @@ class PrometheusExporter:
 
         What could not be delivered stays buffered and is retried by the background flusher.
         """
-        if self._flusher is not None:
-            await self._flusher.flush()
+        await self._flusher.flush()
 
     async def close(self, timeout_s: float = 5.0) -> None:
         """Stop the flusher, deliver what is buffered (waiting at most `timeout_s`) and close the store.
 
         Unlike litestar-flags' exporter this does not clear any figures: they belong to the fleet.
         """
-        if self._flusher is not None:
-            await self._flusher.stop(timeout_s)
-            self._start_pending = True
-        if self._store is not None:
-            await self._store.close()
+        await self._flusher.stop(timeout_s)
+        self._start_pending = True
+        await self._store.close()
 
     async def reset_flag_stats(self, flag_key: str) -> None:
         """Forget a flag's unique users, error counts and pinned figures for the whole fleet.
@@ -371,14 +366,12 @@ class PrometheusExporter:
         other workers buffered before the reset may still arrive within one flush interval.
         """
         self._buffer.discard(flag_key)
-        if self._store is not None:
-            await self._store.reset(flag_key)
+        await self._store.reset(flag_key)
 
     async def reset_all_stats(self) -> None:
         """Forget every flag's unique users, error counts and pinned figures for the whole fleet."""
         self._buffer.discard()
-        if self._store is not None:
-            await self._store.reset()
+        await self._store.reset()
 
     def update_from_metrics(self, flag_key: str, metrics: MetricsProvider | dict[str, Any]) -> None:
         """Pin a flag's unique users and error rate (given in percent, 0-100) for every worker.
@@ -386,14 +379,9 @@ class PrometheusExporter:
         The pinned figures replace the computed ones in every worker's scrape from the next flush
         on, until `reset_flag_stats(flag_key)`.
         """
-        if self._store is None:
-            raise ConfigurationError(
-                "`update_from_metrics` needs a fleet store; set FLAGMETRICS_REDIS_URL or pass `store=`"
-            )
         if isinstance(metrics, dict):
-            raw = cast(dict[str, Any], metrics)
-            users = raw.get("unique_users") or 0
-            rate = raw.get("error_rate") or 0.0
+            users = metrics.get("unique_users") or 0
+            rate = metrics.get("error_rate") or 0.0
         else:
             users, rate = metrics.unique_users, metrics.error_rate
         try:
@@ -447,9 +435,7 @@ class PrometheusExporter:
     # -- scrape side -------------------------------------------------------------------------------
 
     async def fleet_snapshot(self) -> Snapshot | None:
-        """Read the fleet state for a scrape, or None when there is no store or it cannot be read in time."""
-        if self._store is None:
-            return None
+        """Read the fleet state for a scrape, or None when the store cannot be read in time."""
         try:
             async with asyncio.timeout(self._settings.scrape_timeout_s):
                 snapshot = await self._store.snapshot()

@@ -1,4 +1,4 @@
-"""One scrape: read the fleet snapshot (async), then merge and render in a fresh registry off the event loop."""
+"""One scrape: read the fleet snapshot (async), then merge and render in a fresh registry off the loop."""
 
 from __future__ import annotations
 
@@ -33,13 +33,13 @@ def render_snapshot(
 ) -> tuple[bytes, str]:
     """Render every worker's counters and histograms plus the fleet gauges of `snapshot` (blocking)."""
     encoder, content_type = choose_encoder(accept or "")
-    fleet = FleetCollector(snapshot, exporter.prefix, store_configured=exporter.store is not None)
+    fleet = FleetCollector(snapshot, exporter.prefix)
     path = exporter.multiprocess_path
     if path is None:
         registry = exporter.registry or REGISTRY
         return encoder(_Joined(registry, fleet)), content_type
     scrape = CollectorRegistry(auto_describe=False)
-    MultiProcessCollector(scrape, path=path)
+    MultiProcessCollector(scrape, path=path)  # type: ignore[no-untyped-call]
     scrape.register(fleet)
     with directory_lock(path):
         return encoder(scrape), content_type

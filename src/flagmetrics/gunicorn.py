@@ -53,7 +53,7 @@ def child_exit(server: Any, worker: Any) -> None:
     """Do prometheus_client's bookkeeping for a worker that exited."""
     from prometheus_client.multiprocess import mark_process_dead
 
-    mark_process_dead(worker.pid, multiprocess_dir)
+    mark_process_dead(worker.pid, multiprocess_dir)  # type: ignore[no-untyped-call]
 
 
 def on_exit(server: Any) -> None:

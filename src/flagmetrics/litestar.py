@@ -14,6 +14,7 @@ from flagmetrics.exceptions import ConfigurationError, MissingDependencyError
 try:
     from litestar import Litestar, Request, Response, get
     from litestar.config.app import AppConfig
+    from litestar.handlers import HTTPRouteHandler
     from litestar.plugins import InitPlugin
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise MissingDependencyError("litestar", "litestar") from exc
@@ -98,7 +99,7 @@ class FlagMetricsPlugin(InitPlugin):
             return hmac.compare_digest(given, self._basic)
         return False
 
-    def _route(self):  # type: ignore[no-untyped-def]
+    def _route(self) -> HTTPRouteHandler:
         exporter = self._exporter
         authorized = self._authorized
         challenge = 'Bearer realm="metrics"' if self._token is not None else 'Basic realm="metrics"'

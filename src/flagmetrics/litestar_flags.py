@@ -78,6 +78,6 @@ def instrument(client: FeatureFlagClient, exporter: PrometheusExporter) -> Featu
             )
         return details
 
-    client._evaluate = _evaluate  # type: ignore[method-assign]
-    client._flagmetrics_exporter = exporter  # type: ignore[attr-defined]
+    client._evaluate = _evaluate
+    client._flagmetrics_exporter = exporter
     return client

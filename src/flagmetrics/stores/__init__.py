@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from flagmetrics.config import Settings
 from flagmetrics.stores.base import Batch, FlagDelta, FlagStats, Pin, Snapshot, Store
+from flagmetrics.stores.local import LocalStore
 from flagmetrics.stores.redis import RedisStore
 
 __all__ = [
     "Batch",
     "FlagDelta",
     "FlagStats",
+    "LocalStore",
     "Pin",
     "RedisStore",
     "Snapshot",
@@ -18,8 +20,8 @@ __all__ = [
 ]
 
 
-def default_store(settings: Settings, multiprocess_dir: str | None) -> Store | None:
-    """The store used when none is given: Redis when `redis_url` is set."""
+def default_store(settings: Settings, multiprocess_dir: str | None) -> Store:
+    """The store used when none is given: Redis when `redis_url` is set, else local to this host."""
     if settings.redis_url:
         return RedisStore.from_url(settings.redis_url, key_prefix=settings.key_prefix)
-    return None
+    return LocalStore(multiprocess_dir)

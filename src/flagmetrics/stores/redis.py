@@ -175,8 +175,9 @@ class RedisStore:
         """Delete one flag's state, or every flag's."""
         try:
             if flag_key is None:
-                names = set(await self._client.hkeys(self._totals)) | set(await self._client.hkeys(self._pins))
-                hlls = [self.hll_key(name.decode("utf-8", "replace")) for name in names]
+                names = set(await self._client.hkeys(self._totals))
+                names |= set(await self._client.hkeys(self._pins))
+                hlls = [self.hll_key(_text(name)) for name in names]
                 await self._client.delete(self._totals, self._errors, self._pins, *hlls)
                 return
             async with self._client.pipeline(transaction=True) as pipe:
@@ -194,6 +195,10 @@ class RedisStore:
 
     def __repr__(self) -> str:
         return f"RedisStore(key_prefix={self._prefix!r})"
+
+
+def _text(raw: bytes | str) -> str:
+    return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
 
 
 def _pin(raw: bytes | None) -> Pin | None:

@@ -1,0 +1,225 @@
+"""`LocalStore`: fleet state for one host, in files beside prometheus_client's, shared by every worker.
+
+One file per flag holds its evaluation and error counts, a pinned override and a HyperLogLog sketch
+with its register-value histogram. Workers apply their batches under an exclusive lock on the
+directory's state lock file; a scrape reads every flag's header under a shared lock. Files outlive
+the workers that wrote them, so recycled and crashed workers' contributions stay, and every figure
+only grows (until `reset`). Without a directory (a single process) the same layout lives in memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import glob
+import hashlib
+import mmap
+import os
+import struct
+import threading
+from collections.abc import Iterator
+from typing import Final
+
+from flagmetrics import sketch
+from flagmetrics.exceptions import StoreError
+from flagmetrics.stores.base import Batch, FlagStats, Snapshot
+
+__all__ = ["LocalStore"]
+
+_MAGIC: Final = b"FMHLL001"
+# Byte offsets in a flag file.
+_COUNTS = 16  # total, errors: two unsigned 64-bit integers
+_PIN = 32  # pinned flag (u64), unique users (u64), error rate (f64)
+_HISTOGRAM = 64  # 64 unsigned 32-bit counts of register values
+_KEY = 320  # the flag key, UTF-8, its length at byte 8
+_KEY_SPACE = 1024
+_REGISTERS = 2048
+_FILE_SIZE: Final = _REGISTERS + sketch.REGISTERS
+_HEADER = struct.Struct("<8sI4x")
+_COUNTS_FMT = struct.Struct("<QQ")
+_PIN_FMT = struct.Struct("<QQd")
+
+
+class _FlagFile:
+    """One flag's region: a shared mmap of its file, or a bytearray in memory."""
+
+    __slots__ = ("buffer", "counts", "histogram", "registers")
+
+    def __init__(self, buffer: mmap.mmap | bytearray) -> None:
+        self.buffer = buffer
+        view = memoryview(buffer)
+        self.histogram = view[_HISTOGRAM : _HISTOGRAM + 4 * sketch.HISTOGRAM_SIZE].cast("I")
+        self.registers = view[_REGISTERS:_FILE_SIZE]
+        self.counts = view[_COUNTS:_PIN].cast("Q")
+
+    def close(self) -> None:
+        self.histogram.release()
+        self.registers.release()
+        self.counts.release()
+        if isinstance(self.buffer, mmap.mmap):
+            self.buffer.close()
+
+
+def _initialise(buffer: mmap.mmap | bytearray, flag_key: str) -> None:
+    key = flag_key.encode("utf-8")[:_KEY_SPACE]
+    buffer[0:_HEADER.size] = _HEADER.pack(_MAGIC, len(key))
+    buffer[_KEY : _KEY + len(key)] = key
+    _clear(buffer)
+
+
+def _clear(buffer: mmap.mmap | bytearray) -> None:
+    buffer[_COUNTS:_HISTOGRAM] = bytes(_HISTOGRAM - _COUNTS)
+    histogram = [0] * sketch.HISTOGRAM_SIZE
+    histogram[0] = sketch.REGISTERS
+    buffer[_HISTOGRAM : _HISTOGRAM + 4 * sketch.HISTOGRAM_SIZE] = struct.pack(
+        f"<{sketch.HISTOGRAM_SIZE}I", *histogram
+    )
+    buffer[_REGISTERS:_FILE_SIZE] = bytes(sketch.REGISTERS)
+
+
+def _parse(header: bytes) -> tuple[str, FlagStats] | None:
+    """Read a flag's key and figures from the first `_REGISTERS` bytes of its file."""
+    if len(header) < _REGISTERS:
+        return None
+    magic, key_length = _HEADER.unpack_from(header)
+    if magic != _MAGIC:
+        return None
+    total, errors = _COUNTS_FMT.unpack_from(header, _COUNTS)
+    pinned, pin_users, pin_rate = _PIN_FMT.unpack_from(header, _PIN)
+    histogram = struct.unpack_from(f"<{sketch.HISTOGRAM_SIZE}I", header, _HISTOGRAM)
+    if not total and not pinned:
+        return None
+    key = header[_KEY : _KEY + key_length].decode("utf-8", "replace")
+    return key, FlagStats(
+        total=total,
+        errors=errors,
+        unique_users=pin_users if pinned else sketch.estimate(histogram),
+        pinned_error_rate=pin_rate if pinned else None,
+    )
+
+
+class LocalStore:
+    """Fleet state of one host in `path` (the multiprocess directory), or in memory when `path` is None."""
+
+    def __init__(self, path: str | None = None) -> None:
+        """Keep state in `path`, which must exist; None keeps it in this process only."""
+        if path is not None and not os.path.isdir(path):
+            raise StoreError(f"`path` {path!r} is not a directory; create it first")
+        self._path = path
+        self._files: dict[str, _FlagFile] = {}
+        self._thread_lock = threading.Lock()
+
+    @property
+    def path(self) -> str | None:
+        """The directory holding the state, or None in memory."""
+        return self._path
+
+    async def push(self, batch: Batch) -> None:
+        """Apply `batch` under the directory's exclusive lock (in a thread)."""
+        await asyncio.to_thread(self._apply, batch)
+
+    async def snapshot(self) -> Snapshot:
+        """Read every flag's figures under the directory's shared lock (in a thread)."""
+        return await asyncio.to_thread(self.read)
+
+    async def reset(self, flag_key: str | None = None) -> None:
+        """Clear one flag's figures, or every flag's."""
+        await asyncio.to_thread(self._reset, flag_key)
+
+    async def close(self) -> None:
+        """Unmap this process's flag files."""
+        with self._thread_lock:
+            for region in self._files.values():
+                region.close()
+            self._files.clear()
+
+    def read(self) -> Snapshot:
+        """Read every flag's figures (blocking)."""
+        flags: dict[str, FlagStats] = {}
+        with self._locked(exclusive=False):
+            if self._path is None:
+                headers = [bytes(region.buffer[:_REGISTERS]) for region in self._files.values()]
+            else:
+                headers = []
+                for name in glob.glob(os.path.join(self._path, "flagmetrics-flag-*.bin")):
+                    with contextlib.suppress(FileNotFoundError), open(name, "rb") as file:
+                        headers.append(file.read(_REGISTERS))
+        for header in headers:
+            parsed = _parse(header)
+            if parsed is not None:
+                flags[parsed[0]] = parsed[1]
+        return Snapshot(flags=flags)
+
+    def _apply(self, batch: Batch) -> None:
+        with self._locked(exclusive=True):
+            # Open every file first: only this can fail, and it changes no figure, so a batch is
+            # either applied whole or not at all and a retry never counts twice.
+            regions = {key: self._region(key) for key in (*batch.flags, *batch.pins)}
+            for key, delta in batch.flags.items():
+                region = regions[key]
+                region.counts[0] += delta.total
+                region.counts[1] += delta.errors
+                sketch.add(region.registers, region.histogram, delta.members)
+            for key, pin in batch.pins.items():
+                _PIN_FMT.pack_into(regions[key].buffer, _PIN, 1, pin.unique_users, pin.error_rate)
+
+    def _reset(self, flag_key: str | None) -> None:
+        with self._locked(exclusive=True):
+            if flag_key is not None:
+                _clear(self._region(flag_key).buffer)
+                return
+            if self._path is not None:
+                for name in glob.glob(os.path.join(self._path, "flagmetrics-flag-*.bin")):
+                    with open(name, "r+b") as file, mmap.mmap(file.fileno(), _FILE_SIZE) as buffer:
+                        _clear(buffer)
+            for region in self._files.values():
+                _clear(region.buffer)
+
+    def _region(self, flag_key: str) -> _FlagFile:
+        """Return the open region of a flag, creating its file (call with the exclusive lock held)."""
+        region = self._files.get(flag_key)
+        if region is not None:
+            return region
+        if self._path is None:
+            buffer: mmap.mmap | bytearray = bytearray(_FILE_SIZE)
+            _initialise(buffer, flag_key)
+        else:
+            name = hashlib.blake2b(flag_key.encode("utf-8"), digest_size=8).hexdigest()
+            filename = os.path.join(self._path, f"flagmetrics-flag-{name}.bin")
+            try:
+                fd = os.open(filename, os.O_RDWR | os.O_CREAT, 0o600)
+            except OSError as exc:
+                raise StoreError(f"could not open {filename!r}: {exc}") from exc
+            try:
+                fresh = os.fstat(fd).st_size < _FILE_SIZE
+                if fresh:
+                    # Reserve the blocks now so that writing through the map can never fail later.
+                    os.posix_fallocate(fd, 0, _FILE_SIZE)
+                buffer = mmap.mmap(fd, _FILE_SIZE)
+            except OSError as exc:
+                raise StoreError(f"could not map {filename!r}: {exc}") from exc
+            finally:
+                os.close(fd)
+            if fresh:
+                _initialise(buffer, flag_key)
+        region = self._files[flag_key] = _FlagFile(buffer)
+        return region
+
+    @contextlib.contextmanager
+    def _locked(self, *, exclusive: bool) -> Iterator[None]:
+        with self._thread_lock:
+            if self._path is None:
+                yield
+                return
+            fd = os.open(os.path.join(self._path, "flagmetrics-state.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+                yield
+            except OSError as exc:
+                raise StoreError(f"could not lock the state in {self._path!r}: {exc}") from exc
+            finally:
+                os.close(fd)
+
+    def __repr__(self) -> str:
+        return f"LocalStore(path={self._path!r})"

@@ -1,0 +1,1 @@
+"""flagmetrics tests."""

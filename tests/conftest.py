@@ -1,0 +1,242 @@
+"""Fixtures that start real processes (redis-server, gunicorn with uvicorn workers) on free loopback ports.
+
+Every process is started here, waited for with a deadline, and stopped by the pid that was started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+REPO = Path(__file__).resolve().parent.parent
+LOOPBACK = "127.0.0.1"
+
+
+def free_port() -> int:
+    """Return a TCP port on loopback that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(condition: Callable[[], object], timeout_s: float, what: str, interval_s: float = 0.02) -> object:
+    """Poll `condition` until it returns something truthy; fail the test after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    last_error: BaseException | None = None
+    while time.monotonic() < deadline:
+        try:
+            result = condition()
+        except Exception as exc:  # the condition may fail while the thing starts
+            last_error = exc
+        else:
+            if result:
+                return result
+        time.sleep(interval_s)
+    pytest.fail(f"timed out after {timeout_s} s waiting for {what} (last error: {last_error!r})")
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout_s: float = 10.0) -> None:
+    """Stop a process we started: SIGTERM, then SIGKILL after `timeout_s`."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=5)
+
+
+def children_of(pid: int) -> list[int]:
+    """The pids of a process's children (from /proc)."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        with contextlib.suppress(OSError):
+            found += [int(p) for p in task.read_text().split()]
+    return found
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a pid names a live (not zombie) process."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+# -- redis-server ------------------------------------------------------------------------------------
+
+
+def _redis_binary() -> str:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        if os.environ.get("FLAGMETRICS_REQUIRE_REDIS") == "1":
+            pytest.fail("redis-server is not installed and FLAGMETRICS_REQUIRE_REDIS=1")
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    return binary
+
+
+@dataclass
+class RedisServer:
+    """A redis-server this test session started on a free loopback port."""
+
+    binary: str
+    directory: Path
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+    extra_args: tuple[str, ...] = ()
+
+    @property
+    def url(self) -> str:
+        return f"redis://{LOOPBACK}:{self.port}/0"
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(host=LOOPBACK, port=self.port, socket_timeout=2)
+
+    def start(self) -> None:
+        """Start the server (again, on the same port and data directory) and wait until it answers."""
+        args = [
+            self.binary,
+            "--port", str(self.port),
+            "--bind", LOOPBACK,
+            "--dir", str(self.directory),
+            "--save", "",
+            # Persist every write so a restart after a kill keeps the data, as a real deployment would.
+            "--appendonly", "yes",
+            "--appendfsync", "always",
+            *self.extra_args,
+        ]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(lambda: self.client().ping(), 10, f"redis-server on port {self.port}")
+
+    def stop(self) -> None:
+        """Stop the server gracefully."""
+        if self.proc is not None:
+            stop_process(self.proc)
+
+    def kill(self) -> None:
+        """Kill the server at once (SIGKILL)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=5)
+
+    def pause(self) -> None:
+        """Freeze the server (SIGSTOP): connections hang instead of failing."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """Thaw a paused server."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A fresh redis-server for one test."""
+    server = RedisServer(binary=_redis_binary(), directory=tmp_path / "redis")
+    server.directory.mkdir()
+    server.start()
+    try:
+        yield server
+    finally:
+        if server.proc is not None and server.proc.poll() is None:
+            server.resume()
+        server.stop()
+
+
+# -- gunicorn with uvicorn workers ---------------------------------------------------------------------
+
+
+@dataclass
+class Gunicorn:
+    """gunicorn started from the repository's gunicorn.conf.py."""
+
+    proc: subprocess.Popen[bytes]
+    port: int
+    workers: int
+    log: Path
+    multiproc_dir: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    def worker_pids(self) -> list[int]:
+        return [pid for pid in children_of(self.proc.pid) if pid_alive(pid)]
+
+    def scrape(self, headers: dict[str, str] | None = None) -> httpx.Response:
+        """One scrape of /metrics on a new connection, so that any worker may answer."""
+        with httpx.Client(timeout=10) as client:
+            return client.get(f"{self.url}/metrics", headers={"connection": "close", **(headers or {})})
+
+    def wait_ready(self, timeout_s: float = 30) -> None:
+        wait_for(
+            lambda: len(self.worker_pids()) == self.workers and self.scrape().status_code == 200,
+            timeout_s,
+            f"gunicorn with {self.workers} workers to answer (log: {self.log})",
+        )
+
+    def logs(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@pytest.fixture
+def gunicorn(tmp_path: Path) -> Iterator[Callable[..., Gunicorn]]:
+    """Start gunicorn (`gunicorn.conf.py`, uvicorn workers) with extra environment; stop it afterwards."""
+    started: list[Gunicorn] = []
+
+    def start(app: str = "examples.app:app", workers: int = 4, **env: str) -> Gunicorn:
+        port = free_port()
+        multiproc_dir = tmp_path / f"multiproc-{port}"
+        log = tmp_path / f"gunicorn-{port}.log"
+        environ = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("FLAGMETRICS_", "PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir"))
+        }
+        environ.update(
+            BIND=f"{LOOPBACK}:{port}",
+            WEB_CONCURRENCY=str(workers),
+            PROMETHEUS_MULTIPROC_DIR=str(multiproc_dir),
+            FLAGMETRICS_FLUSH_INTERVAL_S="0.2",
+            PYTHONPATH=str(REPO),
+        )
+        environ.update(env)
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "gunicorn", "-c", str(REPO / "gunicorn.conf.py"), app],
+                cwd=REPO,
+                env=environ,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        server = Gunicorn(proc=proc, port=port, workers=workers, log=log, multiproc_dir=multiproc_dir)
+        started.append(server)
+        server.wait_ready()
+        return server
+
+    try:
+        yield start
+    finally:
+        for server in started:
+            workers = children_of(server.proc.pid)
+            stop_process(server.proc, timeout_s=15)
+            for pid in workers:  # a worker the master could not reap in time
+                if pid_alive(pid):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
