@@ -39,7 +39,7 @@ def render_snapshot(
         registry = exporter.registry or REGISTRY
         return encoder(_Joined(registry, fleet)), content_type
     scrape = CollectorRegistry(auto_describe=False)
-    MultiProcessCollector(scrape, path=path)  # type: ignore[no-untyped-call]
+    MultiProcessCollector(scrape, path=path)
     scrape.register(fleet)
     with directory_lock(path):
         return encoder(scrape), content_type

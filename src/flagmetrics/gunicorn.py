@@ -50,10 +50,16 @@ def on_starting(server: Any) -> None:
 
 
 def child_exit(server: Any, worker: Any) -> None:
-    """Do prometheus_client's bookkeeping for a worker that exited."""
+    """Do prometheus_client's bookkeeping for a worker that exited and fold its files into the archive."""
     from prometheus_client.multiprocess import mark_process_dead
 
-    mark_process_dead(worker.pid, multiprocess_dir)  # type: ignore[no-untyped-call]
+    from flagmetrics.multiprocess import compact
+
+    mark_process_dead(worker.pid, multiprocess_dir)
+    try:
+        compact(multiprocess_dir, worker.pid)
+    except OSError as exc:  # its files stay and are still counted; only scrapes get slower
+        server.log.warning("flagmetrics: could not compact worker %s's metric files: %s", worker.pid, exc)
 
 
 def on_exit(server: Any) -> None:

@@ -1,4 +1,6 @@
-"""The multiprocess directory: preparing it, and reading prometheus_client's files under a lock."""
+"""The multiprocess directory: preparing it, reading prometheus_client's files under a lock, and
+folding dead workers' files into one archive per metric type so scrapes do not slow down with them.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +8,15 @@ import contextlib
 import fcntl
 import glob
 import os
+from collections import defaultdict
 from collections.abc import Iterator
 
-__all__ = ["LOCK_NAME", "directory_lock", "prepare_directory"]
+from prometheus_client.mmap_dict import MmapedDict
+
+__all__ = ["LOCK_NAME", "compact", "directory_lock", "prepare_directory"]
+
+# Types whose values add up across processes; gauges are left to prometheus_client's mark_process_dead.
+_SUMMED_TYPES = ("counter", "histogram", "summary")
 
 LOCK_NAME = ".flagmetrics.lock"
 """Lock file in the multiprocess directory: scrapes hold it shared, compaction holds it exclusive."""
@@ -33,3 +41,50 @@ def prepare_directory(path: str) -> None:
             for name in glob.glob(os.path.join(path, pattern)):
                 with contextlib.suppress(FileNotFoundError):
                     os.remove(name)
+
+
+def compact(path: str, pid: int) -> int:
+    """Fold the counter, histogram and summary files of dead process `pid` into archive files.
+
+    Runs under the directory's exclusive lock, so no scrape sees a value twice or not at all: the
+    merged archive is written to a temporary name, renamed over the old archive, and only then is
+    the dead file removed. A pid that is alive again (reused) is left alone. Returns how many files
+    were folded.
+    """
+    if _alive(pid):
+        return 0
+    folded = 0
+    with directory_lock(path, exclusive=True):
+        for typ in _SUMMED_TYPES:
+            dead = os.path.join(path, f"{typ}_{pid}.db")
+            if not os.path.exists(dead):
+                continue
+            archive = os.path.join(path, f"{typ}_archive.db")
+            totals: dict[str, float] = defaultdict(float)
+            for source in (archive, dead):
+                if os.path.exists(source):
+                    for key, value, _timestamp, _pos in MmapedDict.read_all_values_from_file(source):
+                        totals[key] += value
+            temporary = f"{archive}.tmp"  # not matched by the collector's *.db glob
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(temporary)
+            merged = MmapedDict(temporary)
+            try:
+                for key, value in totals.items():
+                    merged.write_value(key, value, 0.0)
+            finally:
+                merged.close()
+            os.replace(temporary, archive)
+            os.remove(dead)
+            folded += 1
+    return folded
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
