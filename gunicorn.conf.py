@@ -4,13 +4,14 @@
 
 Environment: BIND (default 127.0.0.1:8000), WEB_CONCURRENCY (workers, default 4), MAX_REQUESTS
 (recycle a worker after that many requests, default 0: never), PROMETHEUS_MULTIPROC_DIR (default: a
-fresh temporary directory removed at exit).
+fresh temporary directory removed at exit), FLAGMETRICS_METRICS_PORT (also serve the metrics on this
+port from the master) and the other FLAGMETRICS_* settings of the README.
 """
 
 import os
 
 # First, before anything imports prometheus_client: sets PROMETHEUS_MULTIPROC_DIR.
-from flagmetrics.gunicorn import child_exit, on_exit, on_starting  # noqa: F401
+from flagmetrics.gunicorn import child_exit, on_exit, on_starting, post_fork, when_ready  # noqa: F401
 
 bind = [os.environ.get("BIND", "127.0.0.1:8000")]
 workers = int(os.environ.get("WEB_CONCURRENCY", "4"))

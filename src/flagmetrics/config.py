@@ -42,7 +42,13 @@ class Settings:
     """Secret mixed into the user-id digests; set the same value on every host to make them unguessable."""
 
     metrics_token: str | None = None
-    """Bearer token the metrics route requires (or `user:password` for basic auth when it contains `:`)."""
+    """Bearer token the metrics route (and the metrics port) requires."""
+
+    metrics_port: int | None = None
+    """Also serve the metrics on this port from the gunicorn master (see `flagmetrics.gunicorn`)."""
+
+    metrics_addr: str = "127.0.0.1"
+    """Address the metrics port binds to."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -67,6 +73,8 @@ class Settings:
             raise ConfigurationError(
                 f"`scrape_timeout_s` must be between 0.01 and 60 seconds, got {self.scrape_timeout_s!r}"
             )
+        if self.metrics_port is not None and not 0 < self.metrics_port < 65536:
+            raise ConfigurationError(f"`metrics_port` must be a TCP port (1-65535), got {self.metrics_port}")
         for name in ("buffer_capacity", "max_flags", "max_variants_per_flag"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -83,7 +91,7 @@ class Settings:
 
 
 def _parse(name: str, raw: str, annotation: Any) -> Any:
-    kind = str(annotation)
+    kind = str(annotation).removesuffix(" | None")
     try:
         if kind == "float":
             return float(raw)

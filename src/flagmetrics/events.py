@@ -145,11 +145,8 @@ def _label(value: Any) -> str | None:
     if not isinstance(value, str):
         return None
     text = str(value)  # a plain str, also for str subclasses
-    if not text or len(text) > MAX_KEY_LENGTH or text == OVERFLOW:
-        return None
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
+    # Printable only: no control characters, line breaks or lone surrogates in label values.
+    if not text or len(text) > MAX_KEY_LENGTH or text == OVERFLOW or not text.isprintable():
         return None
     return text
 

@@ -13,13 +13,16 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import REGISTRY
 
 from flagmetrics.collector import FleetCollector
+from flagmetrics.config import Settings
+from flagmetrics.exceptions import StoreError
 from flagmetrics.multiprocess import directory_lock
+from flagmetrics.stores import default_store
 from flagmetrics.stores.base import Snapshot
 
 if TYPE_CHECKING:
     from flagmetrics.exporter import PrometheusExporter
 
-__all__ = ["render", "render_snapshot"]
+__all__ = ["ScrapeSource", "encode", "render", "render_snapshot"]
 
 
 async def render(exporter: PrometheusExporter, accept: str | None = None) -> tuple[bytes, str]:
@@ -32,26 +35,81 @@ def render_snapshot(
     exporter: PrometheusExporter, snapshot: Snapshot | None, accept: str | None = None
 ) -> tuple[bytes, str]:
     """Render every worker's counters and histograms plus the fleet gauges of `snapshot` (blocking)."""
+    return encode(
+        snapshot,
+        accept,
+        prefix=exporter.prefix,
+        multiprocess_path=exporter.multiprocess_path,
+        registry=exporter.registry or REGISTRY,
+    )
+
+
+def encode(
+    snapshot: Snapshot | None,
+    accept: str | None = None,
+    *,
+    prefix: str = "",
+    multiprocess_path: str | None = None,
+    registry: CollectorRegistry | None = None,
+) -> tuple[bytes, str]:
+    """Render the fleet gauges of `snapshot` with the workers' files (or `registry` in one process).
+
+    With neither a multiprocess path nor a registry, only the fleet gauges are rendered.
+    """
     encoder, content_type = choose_encoder(accept or "")
-    fleet = FleetCollector(snapshot, exporter.prefix)
-    path = exporter.multiprocess_path
-    if path is None:
-        registry = exporter.registry or REGISTRY
+    fleet = FleetCollector(snapshot, prefix)
+    if multiprocess_path is None:
         return encoder(_Joined(registry, fleet)), content_type
     scrape = CollectorRegistry(auto_describe=False)
-    MultiProcessCollector(scrape, path=path)
+    MultiProcessCollector(scrape, path=multiprocess_path)
     scrape.register(fleet)
-    with directory_lock(path):
+    with directory_lock(multiprocess_path):
         return encoder(scrape), content_type
 
 
-class _Joined:
-    """Collect from a registry and one more collector, without registering anything."""
+class ScrapeSource:
+    """A collector for prometheus_client's own HTTP servers that reads the store at each scrape.
 
-    def __init__(self, registry: CollectorRegistry, extra: FleetCollector) -> None:
-        self._registry = registry
-        self._extra = extra
+    It opens the store for each scrape (blocking, bounded by `scrape_timeout_s`), so it suits a
+    separate process or thread, such as the gunicorn master or `flagmetrics serve`.
+    """
+
+    def __init__(self, settings: Settings, *, prefix: str = "", multiprocess_path: str | None = None) -> None:
+        """Serve the fleet gauges, plus the workers' files when `multiprocess_path` is given."""
+        self._settings = settings
+        self._prefix = prefix
+        self._path = multiprocess_path
 
     def collect(self) -> Iterator[Metric]:
-        yield from self._registry.collect()
-        yield from self._extra.collect()
+        """Read the store, then yield the workers' metrics and the fleet gauges."""
+        snapshot = asyncio.run(self._snapshot())
+        fleet = FleetCollector(snapshot, self._prefix)
+        if self._path is None:
+            yield from fleet.collect()
+            return
+        with directory_lock(self._path):
+            yield from MultiProcessCollector(None, path=self._path).collect()
+        yield from fleet.collect()
+
+    async def _snapshot(self) -> Snapshot | None:
+        store = default_store(self._settings, self._path)
+        try:
+            async with asyncio.timeout(self._settings.scrape_timeout_s):
+                return await store.snapshot()
+        except (StoreError, TimeoutError, OSError):
+            return None
+        finally:
+            await store.close()
+
+
+class _Joined:
+    """Collect from a registry and the fleet collector, without registering anything."""
+
+    def __init__(self, registry: CollectorRegistry | None, fleet: FleetCollector) -> None:
+        self._registry = registry
+        self._fleet = fleet
+
+    def collect(self) -> Iterator[Metric]:
+        if self._registry is not None:
+            yield from self._registry.collect()
+        yield from self._fleet.collect()

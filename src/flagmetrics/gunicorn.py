@@ -4,7 +4,10 @@ Import this module first in gunicorn.conf.py: on import it sets PROMETHEUS_MULTI
 temporary directory when unset), and it refuses to go on when prometheus_client was imported before,
 because every worker would then keep values nobody else can see::
 
-    from flagmetrics.gunicorn import child_exit, on_exit, on_starting
+    from flagmetrics.gunicorn import child_exit, on_exit, on_starting, post_fork, when_ready
+
+With FLAGMETRICS_METRICS_PORT set, `when_ready` also serves the metrics on that port from the
+master, which outlives every worker.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from typing import Any
 
 from flagmetrics.exceptions import ConfigurationError
 
-__all__ = ["child_exit", "multiprocess_dir", "on_exit", "on_starting"]
+__all__ = ["child_exit", "multiprocess_dir", "on_exit", "on_starting", "post_fork", "when_ready"]
 
 _ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -47,6 +50,34 @@ def on_starting(server: Any) -> None:
     from flagmetrics.multiprocess import prepare_directory
 
     prepare_directory(multiprocess_dir)
+
+
+_metrics_server: Any = None
+
+
+def when_ready(server: Any) -> None:
+    """Serve the metrics on FLAGMETRICS_METRICS_PORT from the master, when that is set."""
+    global _metrics_server
+    from flagmetrics.auth import Credentials
+    from flagmetrics.config import Settings
+    from flagmetrics.exposition import ScrapeSource
+    from flagmetrics.server import start_metrics_server
+
+    settings = Settings.from_env()
+    if settings.metrics_port is None:
+        return
+    credentials = Credentials(settings.metrics_token) if settings.metrics_token else None
+    source = ScrapeSource(settings, multiprocess_path=multiprocess_dir)
+    _metrics_server, _ = start_metrics_server(
+        source, settings.metrics_port, settings.metrics_addr, credentials=credentials
+    )
+    server.log.info("flagmetrics: metrics on http://%s:%s/", settings.metrics_addr, settings.metrics_port)
+
+
+def post_fork(server: Any, worker: Any) -> None:
+    """Close the master's metrics socket in the worker, which does not serve it."""
+    if _metrics_server is not None:
+        _metrics_server.socket.close()
 
 
 def child_exit(server: Any, worker: Any) -> None:

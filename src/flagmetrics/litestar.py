@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hmac
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from flagmetrics.auth import Credentials
 from flagmetrics.exceptions import ConfigurationError, MissingDependencyError
 
 try:
@@ -21,6 +19,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 
 from flagmetrics.exporter import PrometheusExporter
 from flagmetrics.exposition import render
+from flagmetrics.logs import logger
 
 __all__ = ["FlagMetricsPlugin"]
 
@@ -32,13 +31,13 @@ class FlagMetricsPlugin(InitPlugin):
     the file merge and rendering run in a thread, and OpenMetrics is served when the scraper asks.
     """
 
-    __slots__ = ("_basic", "_exporter", "_path", "_shutdown_timeout_s", "_token")
+    __slots__ = ("_credentials", "_exporter", "_path", "_shutdown_timeout_s")
 
     def __init__(
         self,
         exporter: PrometheusExporter | None = None,
         *,
-        path: str = "/metrics",
+        path: str | None = "/metrics",
         bearer_token: str | None = None,
         basic_auth: tuple[str, str] | None = None,
         shutdown_timeout_s: float = 5.0,
@@ -47,22 +46,17 @@ class FlagMetricsPlugin(InitPlugin):
 
         Args:
             exporter: The exporter to serve and flush; a new one from the environment when None.
-            path: Path of the metrics route.
+            path: Path of the metrics route; None adds no route (metrics served on their own port).
             bearer_token: Require `Authorization: Bearer <token>`; default `FLAGMETRICS_METRICS_TOKEN`.
             basic_auth: Require HTTP basic auth with this (user, password).
             shutdown_timeout_s: Longest wait for the final flush when the app stops, in seconds.
         """
-        if not path.startswith("/"):
+        if path is not None and not path.startswith("/"):
             raise ConfigurationError(f"`path` must start with '/', got {path!r}")
         self._exporter = exporter if exporter is not None else PrometheusExporter()
         self._path = path
         token = bearer_token if bearer_token is not None else self._exporter.settings.metrics_token
-        if token is not None and not token:
-            raise ConfigurationError("`bearer_token` must not be empty; pass None to serve without auth")
-        if basic_auth is not None and (len(basic_auth) != 2 or not all(basic_auth)):
-            raise ConfigurationError("`basic_auth` must be a (user, password) pair of non-empty strings")
-        self._token = token.encode() if token else None
-        self._basic = f"{basic_auth[0]}:{basic_auth[1]}".encode() if basic_auth else None
+        self._credentials = Credentials(token, basic_auth) if token is not None or basic_auth else None
         self._shutdown_timeout_s = shutdown_timeout_s
 
     @property
@@ -72,9 +66,32 @@ class FlagMetricsPlugin(InitPlugin):
 
     def on_app_init(self, app_config: AppConfig) -> AppConfig:
         """Register the metrics route and the lifespan that starts and stops the flusher."""
-        app_config.route_handlers.append(self._route())
+        if self._path is not None:
+            app_config.route_handlers.append(self._route(self._path))
         app_config.lifespan.append(self._lifespan)
+        app_config.on_startup.append(self._attach_flag_client)
         return app_config
+
+    async def _attach_flag_client(self, app: Litestar) -> None:
+        """Report the evaluations of the client litestar-flags' plugin builds, in either plugin order."""
+        try:
+            from litestar_flags import FeatureFlagsPlugin
+        except ImportError:
+            return
+        plugin = next((p for p in app.plugins if isinstance(p, FeatureFlagsPlugin)), None)
+        if plugin is None:
+            return
+        if plugin.client is None:
+            # Its startup hook comes after this one: run once more after it. Litestar calls the
+            # startup hooks by iterating this very list, so an appended hook runs last.
+            if self._attach_flag_client in app.on_startup[-1:]:
+                logger.warning("flagmetrics: litestar-flags' client was not built at startup; not attached")
+                return
+            app.on_startup.append(self._attach_flag_client)
+            return
+        from flagmetrics.litestar_flags import instrument
+
+        instrument(plugin.client, self._exporter)
 
     @asynccontextmanager
     async def _lifespan(self, app: Litestar) -> AsyncIterator[None]:
@@ -84,34 +101,18 @@ class FlagMetricsPlugin(InitPlugin):
         finally:
             await self._exporter.close(self._shutdown_timeout_s)
 
-    def _authorized(self, header: str | None) -> bool:
-        if self._token is None and self._basic is None:
-            return True
-        scheme, _, value = (header or "").partition(" ")
-        scheme = scheme.lower()
-        if self._token is not None and scheme == "bearer":
-            return hmac.compare_digest(value.strip().encode(), self._token)
-        if self._basic is not None and scheme == "basic":
-            try:
-                given = base64.b64decode(value.strip(), validate=True)
-            except (binascii.Error, ValueError):
-                return False
-            return hmac.compare_digest(given, self._basic)
-        return False
-
-    def _route(self) -> HTTPRouteHandler:
+    def _route(self, path: str) -> HTTPRouteHandler:
         exporter = self._exporter
-        authorized = self._authorized
-        challenge = 'Bearer realm="metrics"' if self._token is not None else 'Basic realm="metrics"'
+        credentials = self._credentials
 
-        @get(self._path, include_in_schema=False, name="flagmetrics")
+        @get(path, include_in_schema=False, name="flagmetrics")
         async def metrics(request: Request) -> Response[bytes]:  # type: ignore[type-arg]
-            if not authorized(request.headers.get("authorization")):
+            if credentials is not None and not credentials.allows(request.headers.get("authorization")):
                 return Response(
                     b"unauthorized\n",
                     status_code=401,
                     media_type="text/plain",
-                    headers={"www-authenticate": challenge},
+                    headers={"www-authenticate": credentials.challenge},
                 )
             body, content_type = await render(exporter, request.headers.get("accept"))
             # Given as a header so that Litestar does not append a second charset.
