@@ -6,6 +6,7 @@ import hashlib
 import os
 import secrets
 import socket
+import threading
 from collections.abc import Iterable
 
 from flagmetrics.stores.base import Batch, FlagDelta, Pin
@@ -39,12 +40,13 @@ class FlagBuffer:
 class Buffer:
     """Everything a worker has recorded but not yet delivered to the store.
 
-    `room` counts the user ids that may still be buffered, undelivered batches included; `record()`
-    decrements it and counts a drop when it is zero. One batch at most is in flight: while it is
-    undelivered, new evaluations keep accumulating in the flag buffers.
+    `room` counts the user ids that may still be buffered, undelivered batches included; `add`
+    takes from it and reports a drop when it is empty. One batch at most is in flight: while it is
+    undelivered, new evaluations keep accumulating in the flag buffers. A lock guards the state, as
+    `record()` may be called from threads (sync OpenFeature evaluations) while the flusher cuts.
     """
 
-    __slots__ = ("_in_flight", "_pins", "_seq", "capacity", "flags", "room", "writer")
+    __slots__ = ("_in_flight", "_lock", "_pins", "_seq", "capacity", "flags", "room", "writer")
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
@@ -53,23 +55,53 @@ class Buffer:
         self._pins: dict[str, Pin] = {}
         self._seq = 0
         self._in_flight: tuple[Batch, int] | None = None
+        self._lock = threading.Lock()
         # Identifies this process's batches in the store: host, pid and a random token, so neither
         # another host with the same pid nor a later process reusing the pid is mistaken for it.
         self.writer = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
 
     def flag(self, flag_key: str) -> FlagBuffer:
         """Return the buffer of a flag, creating it."""
-        buf = self.flags.get(flag_key)
-        if buf is None:
-            buf = self.flags[flag_key] = FlagBuffer()
-        return buf
+        with self._lock:
+            buf = self.flags.get(flag_key)
+            if buf is None:
+                buf = self.flags[flag_key] = FlagBuffer()
+            return buf
+
+    def add(self, flag: FlagBuffer, error: bool, user: str | None) -> bool:
+        """Count one evaluation of `flag` and buffer its user; False when the user had to be dropped."""
+        with self._lock:
+            flag.total += 1
+            if error:
+                flag.errors += 1
+            if user is None or user in flag.users:
+                return True
+            if self.room > 0:
+                flag.users.add(user)
+                self.room -= 1
+                return True
+            return False
 
     def pin(self, flag_key: str, pin: Pin) -> None:
         """Queue figures that replace a flag's computed gauges."""
-        self._pins[flag_key] = pin
+        with self._lock:
+            self._pins[flag_key] = pin
 
     def discard(self, flag_key: str | None = None) -> None:
         """Forget what is buffered for one flag, or for all, returning its room."""
+        with self._lock:
+            self._discard(flag_key)
+
+    def _discard(self, flag_key: str | None) -> None:
+        if self._in_flight is not None:
+            # Strip the flag from the undelivered batch too (same seq: if the store applied the
+            # original already, the reset that follows removes it there).
+            batch, users = self._in_flight
+            kept = {k: d for k, d in batch.flags.items() if flag_key is not None and k != flag_key}
+            pins = {k: p for k, p in batch.pins.items() if flag_key is not None and k != flag_key}
+            dropped = users - sum(len(d.members) for d in kept.values())
+            self.room += dropped
+            self._in_flight = (Batch(batch.writer, batch.seq, kept, pins), users - dropped)
         for key, buf in self.flags.items():
             if flag_key is None or key == flag_key:
                 self.room += len(buf.users)
@@ -83,47 +115,57 @@ class Buffer:
     @property
     def in_flight(self) -> Batch | None:
         """The batch cut but not yet delivered."""
-        return self._in_flight[0] if self._in_flight else None
+        in_flight = self._in_flight
+        return in_flight[0] if in_flight else None
 
     def cut(self, hash_key: bytes = b"") -> Batch | None:
         """Move the buffered evaluations into a new in-flight batch, user ids hashed; None if empty."""
-        if self._in_flight is not None:
-            raise RuntimeError("a batch is already in flight; deliver it before cutting another")
-        deltas: dict[str, FlagDelta] = {}
-        users = 0
-        for key, buf in self.flags.items():
-            if buf.total or buf.users:
-                deltas[key] = FlagDelta(buf.total, buf.errors, digest_users(buf.users, hash_key))
-                users += len(buf.users)
-                buf.total = buf.errors = 0
-                buf.users = set()
-        if not deltas and not self._pins:
-            return None
-        self._seq += 1
-        batch = Batch(writer=self.writer, seq=self._seq, flags=deltas, pins=self._pins)
-        self._pins = {}
-        self._in_flight = (batch, users)
+        taken: list[tuple[str, int, int, set[str]]] = []
+        with self._lock:
+            if self._in_flight is not None:
+                raise RuntimeError("a batch is already in flight; deliver it before cutting another")
+            for key, buf in self.flags.items():
+                if buf.total or buf.users:
+                    taken.append((key, buf.total, buf.errors, buf.users))
+                    buf.total = buf.errors = 0
+                    buf.users = set()
+            pins, self._pins = self._pins, {}
+            if not taken and not pins:
+                return None
+            self._seq += 1
+            seq = self._seq
+        # Hash outside the lock: the sets taken are no longer reachable from record().
+        deltas = {key: FlagDelta(t, e, digest_users(users, hash_key)) for key, t, e, users in taken}
+        batch = Batch(writer=self.writer, seq=seq, flags=deltas, pins=pins)
+        with self._lock:
+            self._in_flight = (batch, sum(len(users) for *_, users in taken))
         return batch
 
     def delivered(self) -> None:
         """Mark the in-flight batch applied by the store, freeing its room."""
-        if self._in_flight is not None:
-            self.room += self._in_flight[1]
-            self._in_flight = None
+        with self._lock:
+            if self._in_flight is not None:
+                self.room += self._in_flight[1]
+                self._in_flight = None
+
+    def drop_in_flight(self) -> None:
+        """Give up the in-flight batch (the store refuses it), freeing its room."""
+        self.delivered()
 
     def abandon(self) -> tuple[int, int]:
         """Drop everything undelivered (at close, with the store unreachable).
 
         Returns (evaluations, user ids) lost, for the caller to count.
         """
-        events = users = 0
-        if self._in_flight is not None:
-            events += self._in_flight[0].events
-            users += self._in_flight[1]
-            self._in_flight = None
-        for buf in self.flags.values():
-            events += buf.total
-            users += len(buf.users)
-        self.discard()
-        self.room = self.capacity
-        return events, users
+        with self._lock:
+            events = users = 0
+            if self._in_flight is not None:
+                events += self._in_flight[0].events
+                users += self._in_flight[1]
+                self._in_flight = None
+            for buf in self.flags.values():
+                events += buf.total
+                users += len(buf.users)
+            self._discard(None)
+            self.room = self.capacity
+            return events, users

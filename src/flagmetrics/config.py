@@ -65,6 +65,10 @@ class Settings:
 
     def validated(self) -> Settings:
         """Return self, or raise `ConfigurationError` naming the first invalid setting."""
+        for name in ("flush_interval_s", "scrape_timeout_s"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ConfigurationError(f"`{name}` must be a number of seconds, got {value!r}")
         if not (math.isfinite(self.flush_interval_s) and 0.01 <= self.flush_interval_s <= 3600):
             raise ConfigurationError(
                 f"`flush_interval_s` must be between 0.01 and 3600 seconds, got {self.flush_interval_s!r}"
@@ -73,7 +77,8 @@ class Settings:
             raise ConfigurationError(
                 f"`scrape_timeout_s` must be between 0.01 and 60 seconds, got {self.scrape_timeout_s!r}"
             )
-        if self.metrics_port is not None and not 0 < self.metrics_port < 65536:
+        port = self.metrics_port
+        if port is not None and (isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536):
             raise ConfigurationError(f"`metrics_port` must be a TCP port (1-65535), got {self.metrics_port}")
         for name in ("buffer_capacity", "max_flags", "max_variants_per_flag"):
             value = getattr(self, name)

@@ -25,6 +25,7 @@ __all__ = [
     "error_code",
     "labels",
     "targeting_key",
+    "valid_label",
 ]
 
 ERROR: Final = "ERROR"
@@ -137,6 +138,11 @@ def targeting_key(event: Any) -> str | None:
     if type(value) is str and 0 < len(value) <= MAX_TARGETING_KEY_LENGTH:
         return value
     return None
+
+
+def valid_label(value: Any) -> bool:
+    """Whether `value` is usable as a flag key or variant label value as it is."""
+    return isinstance(value, str) and _label(value) == value
 
 
 def _label(value: Any) -> str | None:

@@ -21,6 +21,11 @@ class ConfigurationError(FlagMetricsError, ValueError):
 class StoreError(FlagMetricsError):
     """The fleet store (Redis or the local multiprocess directory) could not be read or written."""
 
+    def __init__(self, message: str, *, transient: bool = True) -> None:
+        super().__init__(message)
+        self.transient = transient
+        """True for outages (retry for as long as it takes), False for errors a retry cannot fix."""
+
 
 class MissingDependencyError(FlagMetricsError, ImportError):
     """An optional dependency is missing; the message gives the `pip install` command."""

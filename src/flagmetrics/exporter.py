@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import threading
 from collections.abc import Iterable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
@@ -17,11 +18,13 @@ from flagmetrics.config import Settings
 from flagmetrics.events import (
     ERROR,
     MAX_DURATION_MS,
+    MAX_KEY_LENGTH,
     MAX_TARGETING_KEY_LENGTH,
     OVERFLOW,
     duration_ms,
     error_code,
     labels,
+    valid_label,
 )
 from flagmetrics.exceptions import ConfigurationError, FlagMetricsError, StoreError
 from flagmetrics.flusher import Flusher
@@ -155,6 +158,7 @@ class PrometheusExporter:
             dropped_events=self._metrics.dropped_events,
         )
         self._start_pending = True
+        self._admit_lock = threading.Lock()
         self._series: dict[Any, _Series] = {}
         self._by_label: dict[tuple[str, str, str], _Series] = {}
         self._variants: dict[str, set[str]] = {}
@@ -222,6 +226,10 @@ class PrometheusExporter:
 
     async def record(self, event: Any) -> None:
         """Record one evaluation event; never raises and never waits on the network."""
+        self.record_sync(event)
+
+    def record_sync(self, event: Any) -> None:
+        """Record one evaluation event from synchronous code (any thread); never raises."""
         try:
             try:
                 series = self._series[(event.flag_key, event.reason, event.variant)]
@@ -239,10 +247,7 @@ class PrometheusExporter:
                 series.duration.observe(ms / 1000.0)
             else:
                 self._observe_slow(series, event)
-            flag = series.flag
-            flag.total += 1
             if series.is_error:
-                flag.errors += 1
                 self._metrics.errors.labels(series.flag_key, error_code(event)).inc()
             if series.overflow is not None:
                 series.overflow.inc()
@@ -250,18 +255,13 @@ class PrometheusExporter:
                 user = event.targeting_key
             except AttributeError:
                 user = None
-            if user:
-                if user.__class__ is str and len(user) <= MAX_TARGETING_KEY_LENGTH:
-                    users = flag.users
-                    if user not in users:
-                        buffer = self._buffer
-                        if buffer.room > 0:
-                            users.add(user)
-                            buffer.room -= 1
-                        else:
-                            self._dropped.inc()
-                else:
-                    self._defect("targeting_key", type(user).__name__)
+            if not user:
+                user = None
+            elif user.__class__ is not str or len(user) > MAX_TARGETING_KEY_LENGTH:
+                self._defect("targeting_key", type(user).__name__)
+                user = None
+            if not self._buffer.add(series.flag, series.is_error, user):
+                self._dropped.inc()
             if self._start_pending:
                 self._start()
         except Exception:
@@ -270,6 +270,10 @@ class PrometheusExporter:
 
     def _admit(self, event: Any) -> _Series | None:
         """Validate the labels of an event not seen before and resolve its series (slow path)."""
+        with self._admit_lock:
+            return self._admit_locked(event)
+
+    def _admit_locked(self, event: Any) -> _Series | None:
         flag_key, reason, variant, defects = labels(event)
         for defect in defects:
             self._defect(defect, type(event).__name__)
@@ -337,7 +341,7 @@ class PrometheusExporter:
     async def record_batch(self, events: Iterable[Any]) -> None:
         """Record several evaluation events."""
         for event in events:
-            await self.record(event)
+            self.record_sync(event)
 
     async def start(self) -> None:
         """Start the background flusher on the running loop (the Litestar plugin does this)."""
@@ -379,6 +383,10 @@ class PrometheusExporter:
         The pinned figures replace the computed ones in every worker's scrape from the next flush
         on, until `reset_flag_stats(flag_key)`.
         """
+        if not valid_label(flag_key):
+            raise ConfigurationError(
+                f"`flag_key` must be a printable string of 1 to {MAX_KEY_LENGTH} characters, got {flag_key!r}"
+            )
         if isinstance(metrics, dict):
             users = metrics.get("unique_users") or 0
             rate = metrics.get("error_rate") or 0.0
@@ -386,7 +394,7 @@ class PrometheusExporter:
             users, rate = metrics.unique_users, metrics.error_rate
         try:
             users, rate = int(users), float(rate)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, OverflowError) as exc:
             raise ConfigurationError(f"`metrics` for {flag_key!r} holds non-numeric figures: {exc}") from exc
         if users < 0 or not 0.0 <= rate <= 100.0:
             raise ConfigurationError(

@@ -10,12 +10,14 @@ from prometheus_client import Counter
 from flagmetrics.buffer import Buffer
 from flagmetrics.exceptions import StoreError
 from flagmetrics.logs import ThrottledLog, logger
-from flagmetrics.stores.base import Store
+from flagmetrics.stores.base import Batch, Store
 
 __all__ = ["Flusher"]
 
 # Longest one delivery may take before it is abandoned and retried, in seconds.
 PUSH_TIMEOUT_S = 10.0
+# Deliveries of one batch the store refuses (not an outage) before the batch is dropped and counted.
+REFUSALS_BEFORE_DROP = 3
 
 
 class Flusher:
@@ -38,6 +40,7 @@ class Flusher:
         self._store_errors = store_errors.labels(operation="flush")
         self._dropped = dropped_events
         self._lock = asyncio.Lock()
+        self._refusals = 0
         self._task: asyncio.Task[None] | None = None
         self._log = ThrottledLog()
 
@@ -63,12 +66,30 @@ class Flusher:
                         await self._store.push(batch)
                 except (StoreError, TimeoutError) as exc:
                     self._store_errors.inc()
-                    self._log.warning(
-                        "flush", "flagmetrics: store unavailable, %d events kept for retry: %s",
-                        batch.events, exc,
-                    )
-                    raise StoreError(f"flush failed, batch kept for retry: {exc}") from exc
+                    if isinstance(exc, StoreError) and not exc.transient:
+                        self._refused(batch, exc)
+                    else:
+                        self._log.warning(
+                            "flush", "flagmetrics: store unavailable, %d events kept for retry: %s",
+                            batch.events, exc,
+                        )
+                    raise StoreError(f"flush failed: {exc}") from exc
+                self._refusals = 0
                 self._buffer.delivered()
+
+    def _refused(self, batch: Batch, exc: StoreError) -> None:
+        """Count a refusal; past the limit, drop the batch so that later batches are not held up."""
+        self._refusals += 1
+        if self._refusals < REFUSALS_BEFORE_DROP:
+            self._log.warning("refused", "flagmetrics: the store refused a batch, retrying: %s", exc)
+            return
+        self._refusals = 0
+        self._buffer.drop_in_flight()
+        self._dropped.inc(batch.events)
+        logger.error(
+            "flagmetrics: the store refused a batch %d times; its %d evaluations are counted in "
+            "flagmetrics_dropped_events_total: %s", REFUSALS_BEFORE_DROP, batch.events, exc,
+        )
 
     async def stop(self, timeout_s: float) -> None:
         """Stop the periodic task and flush a last time; count as dropped what cannot be delivered."""

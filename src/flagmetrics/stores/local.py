@@ -190,7 +190,7 @@ class LocalStore:
             try:
                 fd = os.open(filename, os.O_RDWR | os.O_CREAT, 0o600)
             except OSError as exc:
-                raise StoreError(f"could not open {filename!r}: {exc}") from exc
+                raise StoreError(f"could not open {filename!r}: {exc}", transient=False) from exc
             try:
                 fresh = os.fstat(fd).st_size < _FILE_SIZE
                 if fresh:
@@ -198,7 +198,7 @@ class LocalStore:
                     os.posix_fallocate(fd, 0, _FILE_SIZE)
                 buffer = mmap.mmap(fd, _FILE_SIZE)
             except OSError as exc:
-                raise StoreError(f"could not map {filename!r}: {exc}") from exc
+                raise StoreError(f"could not map {filename!r}: {exc}", transient=False) from exc
             finally:
                 os.close(fd)
             if fresh:

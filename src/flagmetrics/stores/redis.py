@@ -10,7 +10,9 @@ from urllib.parse import urlsplit
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from flagmetrics.exceptions import ConfigurationError, StoreError
 from flagmetrics.stores.base import Batch, FlagStats, Pin, Snapshot
@@ -140,13 +142,16 @@ class RedisStore:
             args += (flag_key, json.dumps([pin.unique_users, pin.error_rate]))
         try:
             await self._flush(keys=keys, args=args)
-        except RedisError as exc:
-            raise StoreError(f"could not write to Redis: {exc}") from exc
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            raise StoreError(f"could not reach Redis: {exc}") from exc
+        except (RedisError, UnicodeError) as exc:
+            raise StoreError(f"Redis refused the batch: {exc}", transient=False) from exc
 
     async def snapshot(self) -> Snapshot:
         """Read every flag in two pipelined round trips, whatever the number of flags."""
         try:
-            async with self._client.pipeline(transaction=False) as pipe:
+            # One transaction: totals and errors from the same moment, so the error rate is consistent.
+            async with self._client.pipeline(transaction=True) as pipe:
                 pipe.hgetall(self._totals)
                 pipe.hgetall(self._errors)
                 pipe.hgetall(self._pins)

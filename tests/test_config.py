@@ -1,0 +1,227 @@
+"""flagmetrics.config: `Settings.from_env`, overrides and validation."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import pytest
+
+from flagmetrics.config import Settings
+from flagmetrics.exceptions import ConfigurationError, FlagMetricsError
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith("FLAGMETRICS_"):
+            monkeypatch.delenv(name)
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+
+
+def test_from_empty_environment_gives_defaults() -> None:
+    assert Settings.from_env({}) == Settings()
+
+
+def test_defaults() -> None:
+    settings = Settings()
+    assert (
+        settings.redis_url,
+        settings.key_prefix,
+        settings.flush_interval_s,
+        settings.buffer_capacity,
+        settings.scrape_timeout_s,
+        settings.max_flags,
+        settings.max_variants_per_flag,
+        settings.hash_key,
+        settings.metrics_token,
+    ) == (None, "flagmetrics", 1.0, 100_000, 0.5, 1_000, 100, "", None)
+
+
+def test_from_env_reads_every_variable() -> None:
+    env = {
+        "FLAGMETRICS_REDIS_URL": "redis://cache:6379/2",
+        "FLAGMETRICS_KEY_PREFIX": "app1",
+        "FLAGMETRICS_FLUSH_INTERVAL_S": "2.5",
+        "FLAGMETRICS_BUFFER_CAPACITY": "500",
+        "FLAGMETRICS_SCRAPE_TIMEOUT_S": "0.25",
+        "FLAGMETRICS_MAX_FLAGS": "10",
+        "FLAGMETRICS_MAX_VARIANTS_PER_FLAG": "3",
+        "FLAGMETRICS_HASH_KEY": "pepper",
+        "FLAGMETRICS_METRICS_TOKEN": "s3cret",
+    }
+    assert Settings.from_env(env) == Settings(
+        redis_url="redis://cache:6379/2",
+        key_prefix="app1",
+        flush_interval_s=2.5,
+        buffer_capacity=500,
+        scrape_timeout_s=0.25,
+        max_flags=10,
+        max_variants_per_flag=3,
+        hash_key="pepper",
+        metrics_token="s3cret",
+    )
+
+
+def test_from_env_reads_metrics_port_and_addr() -> None:
+    settings = Settings.from_env({"FLAGMETRICS_METRICS_PORT": "9100", "FLAGMETRICS_METRICS_ADDR": "0.0.0.0"})
+    assert (settings.metrics_port, settings.metrics_addr) == (9100, "0.0.0.0")
+
+
+def test_metrics_port_is_off_by_default() -> None:
+    assert (Settings().metrics_port, Settings().metrics_addr) == (None, "127.0.0.1")
+
+
+def test_unparsable_metrics_port_names_the_variable() -> None:
+    with pytest.raises(ConfigurationError, match="`FLAGMETRICS_METRICS_PORT` must be a int"):
+        Settings.from_env({"FLAGMETRICS_METRICS_PORT": "http"})
+
+
+@pytest.mark.parametrize("port", [0, -1, 65536])
+def test_invalid_metrics_port(port: int) -> None:
+    with pytest.raises(ConfigurationError, match="`metrics_port`"):
+        Settings(metrics_port=port).validated()
+
+
+@pytest.mark.parametrize("port", [1, 65535])
+def test_metrics_port_bounds_are_accepted(port: int) -> None:
+    assert Settings(metrics_port=port).validated().metrics_port == port
+
+
+def test_from_env_parses_floats_and_ints_to_their_types() -> None:
+    settings = Settings.from_env({"FLAGMETRICS_FLUSH_INTERVAL_S": "2", "FLAGMETRICS_MAX_FLAGS": "7"})
+    assert (type(settings.flush_interval_s), type(settings.max_flags)) == (float, int)
+
+
+def test_from_env_accepts_underscores_in_whole_numbers() -> None:
+    assert Settings.from_env({"FLAGMETRICS_BUFFER_CAPACITY": "1_000_000"}).buffer_capacity == 1_000_000
+
+
+def test_from_env_ignores_empty_variables() -> None:
+    env = {"FLAGMETRICS_FLUSH_INTERVAL_S": "", "FLAGMETRICS_KEY_PREFIX": "", "FLAGMETRICS_METRICS_TOKEN": ""}
+    assert Settings.from_env(env) == Settings()
+
+
+def test_from_env_ignores_unrelated_variables() -> None:
+    env = {"FLAGMETRICS_NOT_A_SETTING": "x", "REDIS_URL": "redis://elsewhere", "flagmetrics_max_flags": "3"}
+    assert Settings.from_env(env) == Settings()
+
+
+def test_from_env_reads_os_environ_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLAGMETRICS_MAX_FLAGS", "12")
+    assert Settings.from_env().max_flags == 12
+
+
+def test_overrides_win_over_environment() -> None:
+    settings = Settings.from_env({"FLAGMETRICS_MAX_FLAGS": "12"}, max_flags=5)
+    assert settings.max_flags == 5
+
+
+def test_none_overrides_are_ignored() -> None:
+    settings = Settings.from_env({"FLAGMETRICS_MAX_FLAGS": "12"}, max_flags=None, redis_url=None)
+    assert settings.max_flags == 12
+
+
+def test_overrides_apply_without_environment() -> None:
+    assert Settings.from_env({}, hash_key="k", key_prefix="p").hash_key == "k"
+
+
+def test_overrides_are_validated() -> None:
+    with pytest.raises(ConfigurationError, match="`max_flags`"):
+        Settings.from_env({}, max_flags=0)
+
+
+@pytest.mark.parametrize(
+    ("variable", "raw", "kind"),
+    [
+        ("FLAGMETRICS_BUFFER_CAPACITY", "lots", "int"),
+        ("FLAGMETRICS_BUFFER_CAPACITY", "1.5", "int"),
+        ("FLAGMETRICS_MAX_FLAGS", "1e3", "int"),
+        ("FLAGMETRICS_MAX_VARIANTS_PER_FLAG", "ten", "int"),
+        ("FLAGMETRICS_FLUSH_INTERVAL_S", "fast", "float"),
+        ("FLAGMETRICS_SCRAPE_TIMEOUT_S", "1s", "float"),
+    ],
+)
+def test_unparsable_variable_names_the_variable(variable: str, raw: str, kind: str) -> None:
+    with pytest.raises(ConfigurationError, match=f"`{variable}` must be a {kind}") as info:
+        Settings.from_env({variable: raw})
+    assert repr(raw) in str(info.value)
+
+
+def test_out_of_range_variable_names_the_setting() -> None:
+    with pytest.raises(ConfigurationError, match="`flush_interval_s`"):
+        Settings.from_env({"FLAGMETRICS_FLUSH_INTERVAL_S": "0"})
+
+
+def test_nan_variable_is_rejected() -> None:
+    with pytest.raises(ConfigurationError, match="`scrape_timeout_s`"):
+        Settings.from_env({"FLAGMETRICS_SCRAPE_TIMEOUT_S": "nan"})
+
+
+@pytest.mark.parametrize("value", [0.0, 0.009, 3600.5, float("nan"), float("inf"), -1.0])
+def test_invalid_flush_interval(value: float) -> None:
+    with pytest.raises(ConfigurationError, match="`flush_interval_s`"):
+        Settings(flush_interval_s=value).validated()
+
+
+@pytest.mark.parametrize("value", [0.01, 3600.0])
+def test_flush_interval_bounds_are_accepted(value: float) -> None:
+    assert Settings(flush_interval_s=value).validated().flush_interval_s == value
+
+
+@pytest.mark.parametrize("value", [0.0, 0.005, 60.5, float("nan"), float("inf")])
+def test_invalid_scrape_timeout(value: float) -> None:
+    with pytest.raises(ConfigurationError, match="`scrape_timeout_s`"):
+        Settings(scrape_timeout_s=value).validated()
+
+
+@pytest.mark.parametrize("value", [0.01, 60.0])
+def test_scrape_timeout_bounds_are_accepted(value: float) -> None:
+    assert Settings(scrape_timeout_s=value).validated().scrape_timeout_s == value
+
+
+@pytest.mark.parametrize("name", ["buffer_capacity", "max_flags", "max_variants_per_flag"])
+@pytest.mark.parametrize("value", [0, -1, True, 1.5, "10"], ids=["zero", "negative", "bool", "float", "str"])
+def test_invalid_whole_number_setting(name: str, value: Any) -> None:
+    with pytest.raises(ConfigurationError, match=f"`{name}` must be a positive whole number"):
+        Settings(**{name: value}).validated()
+
+
+@pytest.mark.parametrize("name", ["buffer_capacity", "max_flags", "max_variants_per_flag"])
+def test_whole_number_setting_accepts_one(name: str) -> None:
+    assert getattr(Settings(**{name: 1}).validated(), name) == 1
+
+
+@pytest.mark.parametrize("value", ["", "has space", "tab\there", "new\nline"])
+def test_invalid_key_prefix(value: str) -> None:
+    with pytest.raises(ConfigurationError, match="`key_prefix`"):
+        Settings(key_prefix=value).validated()
+
+
+def test_configuration_error_is_a_value_error_and_a_flagmetrics_error() -> None:
+    with pytest.raises(ConfigurationError) as info:
+        Settings(max_flags=0).validated()
+    assert isinstance(info.value, ValueError)
+    assert isinstance(info.value, FlagMetricsError)
+
+
+def test_validated_returns_self() -> None:
+    settings = Settings()
+    assert settings.validated() is settings
+
+
+def test_with_returns_a_changed_copy() -> None:
+    settings = Settings()
+    changed = settings.with_(max_flags=3)
+    assert (changed.max_flags, settings.max_flags) == (3, 1_000)
+
+
+def test_with_validates() -> None:
+    with pytest.raises(ConfigurationError, match="`buffer_capacity`"):
+        Settings().with_(buffer_capacity=0)
+
+
+def test_settings_are_frozen() -> None:
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        Settings().max_flags = 3  # type: ignore[misc]
