@@ -54,9 +54,15 @@ class Tally:
             totals[flag_key] += count
         return totals
 
+    def errors(self) -> Counter[str]:
+        errors: Counter[str] = Counter()
+        for (flag_key, reason, _), count in self.evaluations.items():
+            if reason == "ERROR":
+                errors[flag_key] += count
+        return errors
+
     def error_rate(self, flag_key: str) -> float:
-        errors = sum(n for (key, reason, _), n in self.evaluations.items() if key == flag_key and reason == "ERROR")
-        return errors / self.totals()[flag_key]
+        return self.errors()[flag_key] / self.totals()[flag_key]
 
 
 def plan(users: int) -> Iterator[Request]:

@@ -5,6 +5,7 @@ Every process is started here, waited for with a deadline, and stopped by the pi
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import shutil
@@ -21,6 +22,10 @@ import httpx
 import pytest
 import redis
 
+from examples.traffic import Tally, parse_scrape
+from flagmetrics import LocalStore, RedisStore
+from flagmetrics.stores.base import Snapshot
+
 REPO = Path(__file__).resolve().parent.parent
 LOOPBACK = "127.0.0.1"
 
@@ -32,7 +37,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for(condition: Callable[[], object], timeout_s: float, what: str, interval_s: float = 0.02) -> object:
+def wait_for(
+    condition: Callable[[], object], timeout_s: float, what: str, interval_s: float = 0.02
+) -> object:
     """Poll `condition` until it returns something truthy; fail the test after `timeout_s`."""
     deadline = time.monotonic() + timeout_s
     last_error: BaseException | None = None
@@ -76,6 +83,29 @@ def pid_alive(pid: int) -> bool:
     except (OSError, IndexError):
         return False
     return state != "Z"
+
+
+def landed(tally: Tally, app: Gunicorn) -> bool:
+    """Whether the counters and the fleet store hold exactly every tallied evaluation."""
+    if parse_scrape(app.scrape().text).evaluations != dict(tally.evaluations):
+        return False
+    stored = {flag: (stats.total, stats.errors) for flag, stats in app.fleet_snapshot().flags.items()}
+    errors = tally.errors()
+    return stored == {flag: (total, errors[flag]) for flag, total in tally.totals().items()}
+
+
+def assert_scrape_is_true(tally: Tally, text: str) -> None:
+    """Exact counters, histogram counts and error rates; unique users within 2%."""
+    scrape = parse_scrape(text)
+    assert scrape.evaluations == dict(tally.evaluations)
+    totals = tally.totals()
+    assert scrape.histogram_counts == dict(totals)
+    assert scrape.error_rates == {flag: tally.error_rate(flag) for flag in totals}
+    assert set(scrape.unique_users) == set(totals)
+    for flag, users in tally.users.items():
+        assert abs(scrape.unique_users[flag] - len(users)) <= 0.02 * len(users), (flag, scrape.unique_users)
+    assert scrape.samples["flagmetrics_store_up"] == 1.0
+    assert scrape.samples["flagmetrics_dropped_events_total"] == 0.0
 
 
 # -- redis-server ------------------------------------------------------------------------------------
@@ -171,6 +201,7 @@ class Gunicorn:
     workers: int
     log: Path
     multiproc_dir: Path
+    redis_url: str | None = None
 
     @property
     def url(self) -> str:
@@ -193,6 +224,20 @@ class Gunicorn:
 
     def logs(self) -> str:
         return self.log.read_text(errors="replace")
+
+    def fleet_snapshot(self) -> Snapshot:
+        """Read the fleet store the app writes to, directly (raises while it is unreachable)."""
+        if self.redis_url is None:
+            return LocalStore(str(self.multiproc_dir)).read()
+
+        async def read() -> Snapshot:
+            store = RedisStore.from_url(self.redis_url or "")
+            try:
+                return await store.snapshot()
+            finally:
+                await store.close()
+
+        return asyncio.run(read())
 
 
 @pytest.fixture
@@ -225,7 +270,14 @@ def gunicorn(tmp_path: Path) -> Iterator[Callable[..., Gunicorn]]:
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )
-        server = Gunicorn(proc=proc, port=port, workers=workers, log=log, multiproc_dir=multiproc_dir)
+        server = Gunicorn(
+            proc=proc,
+            port=port,
+            workers=workers,
+            log=log,
+            multiproc_dir=multiproc_dir,
+            redis_url=environ.get("FLAGMETRICS_REDIS_URL"),
+        )
         started.append(server)
         server.wait_ready()
         return server

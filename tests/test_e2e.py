@@ -1,4 +1,4 @@
-"""End to end: real gunicorn with 4 uvicorn workers, known traffic, and scrapes answered by several workers."""
+"""End to end: gunicorn with 4 uvicorn workers, known traffic, scrapes answered by several workers."""
 
 from __future__ import annotations
 
@@ -9,35 +9,13 @@ from collections.abc import Callable
 
 import pytest
 
-from examples.traffic import Tally, parse_scrape, plan, send
-from tests.conftest import Gunicorn, RedisServer, wait_for
+from examples.traffic import plan, send
+from tests.conftest import Gunicorn, RedisServer, assert_scrape_is_true, landed, wait_for
 
 pytestmark = pytest.mark.e2e
 
 USERS = 1_200
 SCRAPES = 12
-
-
-def _matches(tally: Tally, text: str) -> bool:
-    """Whether a scrape shows every tallied evaluation and error rate (the flushes have landed)."""
-    scrape = parse_scrape(text)
-    return scrape.evaluations == dict(tally.evaluations) and all(
-        scrape.error_rates.get(flag) == tally.error_rate(flag) for flag in tally.totals()
-    )
-
-
-def assert_scrape_is_true(tally: Tally, text: str) -> None:
-    """Exact counters, histogram counts and error rates; unique users within 2%."""
-    scrape = parse_scrape(text)
-    assert scrape.evaluations == dict(tally.evaluations)
-    totals = tally.totals()
-    assert scrape.histogram_counts == dict(totals)
-    assert scrape.error_rates == {flag: tally.error_rate(flag) for flag in totals}
-    assert set(scrape.unique_users) == set(totals)
-    for flag, users in tally.users.items():
-        assert abs(scrape.unique_users[flag] - len(users)) <= 0.02 * len(users), (flag, scrape.unique_users)
-    assert scrape.samples["flagmetrics_store_up"] == 1.0
-    assert scrape.samples["flagmetrics_dropped_events_total"] == 0.0
 
 
 @pytest.mark.parametrize("store", ["redis", "local"])
@@ -55,7 +33,7 @@ def test_every_worker_reports_the_fleet_truth(
     assert tally.failed_requests == 0
     assert sum(tally.evaluations.values()) == len(requests)
     assert any(reason == "ERROR" for _, reason, _ in tally.evaluations)
-    wait_for(lambda: _matches(tally, app.scrape().text), 15, "the workers' flushes to land")
+    wait_for(lambda: landed(tally, app), 15, "the workers' flushes to land")
 
     answered_by: set[str] = set()
     for _ in range(SCRAPES):
@@ -81,7 +59,7 @@ def test_scrape_passes_promtool(gunicorn: Callable[..., Gunicorn]) -> None:
         pytest.skip("promtool is not installed (apt-get install prometheus)")
     app = gunicorn()
     tally = asyncio.run(send(app.url, list(plan(200))))
-    wait_for(lambda: _matches(tally, app.scrape().text), 15, "the workers' flushes to land")
+    wait_for(lambda: landed(tally, app), 15, "the workers' flushes to land")
     body = app.scrape().content
     assert b"feature_flag_unique_users" in body
     result = subprocess.run([promtool, "check", "metrics"], input=body, capture_output=True, timeout=30)

@@ -129,7 +129,7 @@ def total_evaluations(registry: CollectorRegistry) -> float:
 
 
 def invalid(registry: CollectorRegistry, reason: str) -> float | None:
-    return registry.get_sample_value("flagmetrics_invalid_events_total", {"reason": reason})
+    return registry.get_sample_value("flagmetrics_invalid_events_total", {"defect": reason})
 
 
 def dropped(registry: CollectorRegistry) -> float | None:
@@ -775,7 +775,7 @@ def test_variant_cap_is_per_flag(server: fakeredis.FakeServer) -> None:
 
     run(exporter, scenario)
     assert evaluations(registry, "b", "DEFAULT", "y") == 1.0
-    assert registry.get_sample_value("flagmetrics_cardinality_overflow_total", {"kind": "variant"}) is None
+    assert registry.get_sample_value("flagmetrics_cardinality_overflow_total", {"kind": "variant"}) == 0.0
 
 
 def test_overflow_flag_is_delivered_to_the_store(server: fakeredis.FakeServer) -> None:

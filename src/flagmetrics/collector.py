@@ -30,7 +30,7 @@ def fleet_gauges(prefix: str) -> tuple[FleetGauge, FleetGauge]:
         ),
         FleetGauge(
             f"{prefix}feature_flag_error_rate",
-            "Fleet-wide share of each flag's evaluations that ended in ERROR (0.0 to 1.0)",
+            "Fleet-wide share of each flag's evaluations that ended in ERROR since its last reset (0 to 1)",
         ),
     )
 

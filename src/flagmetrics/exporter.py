@@ -96,7 +96,8 @@ class PrometheusExporter:
     Metrics exported (with `prefix_` in front when a prefix is given):
     `feature_flag_evaluations_total{flag_key,reason,variant}`,
     `feature_flag_evaluation_duration_seconds{flag_key}`, `feature_flag_unique_users{flag_key}`,
-    `feature_flag_error_rate{flag_key}`, plus `flagmetrics_*` self-metrics.
+    `feature_flag_error_rate{flag_key}`, `feature_flag_evaluation_errors_total{flag_key,error_code}`,
+    plus `flagmetrics_*` self-metrics.
     """
 
     def __init__(
@@ -164,9 +165,14 @@ class PrometheusExporter:
         self._variants: dict[str, set[str]] = {}
         self._fleet_keys: frozenset[str] = frozenset()
         self._invalid = {
-            reason: self._metrics.invalid_events.labels(reason=reason)
-            for reason in ("flag_key", "reason", "variant", "duration", "targeting_key", "event")
+            defect: self._metrics.invalid_events.labels(defect=defect)
+            for defect in ("flag_key", "reason", "variant", "duration", "targeting_key", "event")
         }
+        # Every labelled self-metric exists from the start, so its first increase shows in rate().
+        for operation in ("flush", "snapshot"):
+            self._metrics.store_errors.labels(operation=operation)
+        for kind in ("flag_key", "variant"):
+            self._metrics.cardinality_overflow.labels(kind=kind)
         self._dropped = self._metrics.dropped_events
         self._log = ThrottledLog()
 

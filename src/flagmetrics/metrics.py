@@ -102,7 +102,7 @@ class Metrics:
                 invalid_events=Counter(
                     f"{prefix}flagmetrics_invalid_events",
                     "Evaluation events with a defect, by the defect; see the README for what is kept",
-                    labelnames=("reason",),
+                    labelnames=("defect",),
                     registry=reg,
                 ),
                 dropped_events=Counter(

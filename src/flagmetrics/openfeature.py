@@ -32,8 +32,8 @@ _START: Final = "_flagmetrics_start"
 class MetricsHook(Hook):
     """Record every evaluation (errors included) with its duration; never raises into the evaluation.
 
-    Sync and async evaluations both work, with or without a running event loop: `record()` never
-    suspends, so the hook drives it to completion in place.
+    Sync and async evaluations both work, from any thread, with or without a running event loop:
+    the hook calls the exporter's synchronous `record_sync`.
     """
 
     def __init__(self, exporter: PrometheusExporter) -> None:
@@ -92,19 +92,9 @@ class MetricsHook(Hook):
                 evaluation_duration_ms=ms,
                 error_code=error_code,
             )
-            self._record(event)
+            self._exporter.record_sync(event)
         except Exception:
             self._log.warning("hook", "flagmetrics: could not record an OpenFeature evaluation")
-
-    def _record(self, event: Evaluation) -> None:
-        """Run `exporter.record(event)` to completion without an event loop."""
-        coro = self._exporter.record(event)
-        try:
-            coro.send(None)
-        except StopIteration:
-            return
-        coro.close()
-        self._log.warning("suspended", "flagmetrics: exporter.record() suspended; evaluation not recorded")
 
 
 def install(exporter: PrometheusExporter, client: OpenFeatureClient | None = None) -> MetricsHook:
