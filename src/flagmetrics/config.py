@@ -50,6 +50,9 @@ class Settings:
     metrics_addr: str = "127.0.0.1"
     """Address the metrics port binds to."""
 
+    fleet_gauges: bool = True
+    """Put the fleet gauges in every scrape; turn off where `flagmetrics serve` exports them once."""
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Read `FLAGMETRICS_*` variables, then apply explicit overrides that are not None."""
@@ -65,6 +68,8 @@ class Settings:
 
     def validated(self) -> Settings:
         """Return self, or raise `ConfigurationError` naming the first invalid setting."""
+        if not isinstance(self.fleet_gauges, bool):
+            raise ConfigurationError(f"`fleet_gauges` must be True or False, got {self.fleet_gauges!r}")
         for name in ("flush_interval_s", "scrape_timeout_s"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float):
@@ -97,6 +102,14 @@ class Settings:
 
 def _parse(name: str, raw: str, annotation: Any) -> Any:
     kind = str(annotation).removesuffix(" | None")
+    if kind == "bool":
+        if raw.lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ConfigurationError(
+            f"environment variable `FLAGMETRICS_{name.upper()}` must be true or false (1 or 0), got {raw!r}"
+        )
     try:
         if kind == "float":
             return float(raw)

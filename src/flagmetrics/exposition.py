@@ -27,6 +27,16 @@ __all__ = ["ScrapeSource", "encode", "render", "render_snapshot"]
 
 async def render(exporter: PrometheusExporter, accept: str | None = None) -> tuple[bytes, str]:
     """Return the body and content type of a scrape; OpenMetrics when `accept` asks for it."""
+    if not exporter.settings.fleet_gauges:
+        return await asyncio.to_thread(
+            encode,
+            None,
+            accept,
+            prefix=exporter.prefix,
+            multiprocess_path=exporter.multiprocess_path,
+            registry=exporter.registry or REGISTRY,
+            fleet_gauges=False,
+        )
     snapshot = await exporter.fleet_snapshot()
     return await asyncio.to_thread(render_snapshot, exporter, snapshot, accept)
 
@@ -51,18 +61,21 @@ def encode(
     prefix: str = "",
     multiprocess_path: str | None = None,
     registry: CollectorRegistry | None = None,
+    fleet_gauges: bool = True,
 ) -> tuple[bytes, str]:
     """Render the fleet gauges of `snapshot` with the workers' files (or `registry` in one process).
 
-    With neither a multiprocess path nor a registry, only the fleet gauges are rendered.
+    With neither a multiprocess path nor a registry, only the fleet gauges are rendered; with
+    `fleet_gauges` False, only the workers' metrics.
     """
     encoder, content_type = choose_encoder(accept or "")
-    fleet = FleetCollector(snapshot, prefix)
+    fleet = FleetCollector(snapshot, prefix) if fleet_gauges else None
     if multiprocess_path is None:
         return encoder(_Joined(registry, fleet)), content_type
     scrape = CollectorRegistry(auto_describe=False)
     MultiProcessCollector(scrape, path=multiprocess_path)
-    scrape.register(fleet)
+    if fleet is not None:
+        scrape.register(fleet)
     with directory_lock(multiprocess_path):
         return encoder(scrape), content_type
 
@@ -75,21 +88,21 @@ class ScrapeSource:
     """
 
     def __init__(self, settings: Settings, *, prefix: str = "", multiprocess_path: str | None = None) -> None:
-        """Serve the fleet gauges, plus the workers' files when `multiprocess_path` is given."""
+        """Serve the workers' files when `multiprocess_path` is given, and the fleet gauges.
+
+        Without `multiprocess_path` (`flagmetrics serve`), the fleet gauges are always served.
+        """
         self._settings = settings
         self._prefix = prefix
         self._path = multiprocess_path
 
     def collect(self) -> Iterator[Metric]:
-        """Read the store, then yield the workers' metrics and the fleet gauges."""
-        snapshot = asyncio.run(self._snapshot())
-        fleet = FleetCollector(snapshot, self._prefix)
-        if self._path is None:
-            yield from fleet.collect()
-            return
-        with directory_lock(self._path):
-            yield from MultiProcessCollector(None, path=self._path).collect()
-        yield from fleet.collect()
+        """Read the store, then yield the workers' metrics and the fleet gauges (unless turned off)."""
+        if self._path is not None:
+            with directory_lock(self._path):
+                yield from MultiProcessCollector(None, path=self._path).collect()
+        if self._settings.fleet_gauges or self._path is None:
+            yield from FleetCollector(asyncio.run(self._snapshot()), self._prefix).collect()
 
     async def _snapshot(self) -> Snapshot | None:
         store = default_store(self._settings, self._path)
@@ -105,11 +118,12 @@ class ScrapeSource:
 class _Joined:
     """Collect from a registry and the fleet collector, without registering anything."""
 
-    def __init__(self, registry: CollectorRegistry | None, fleet: FleetCollector) -> None:
+    def __init__(self, registry: CollectorRegistry | None, fleet: FleetCollector | None) -> None:
         self._registry = registry
         self._fleet = fleet
 
     def collect(self) -> Iterator[Metric]:
         if self._registry is not None:
             yield from self._registry.collect()
-        yield from self._fleet.collect()
+        if self._fleet is not None:
+            yield from self._fleet.collect()
