@@ -9,13 +9,12 @@ from typing import TYPE_CHECKING
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import Metric
-from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import REGISTRY
 
 from flagmetrics.collector import FleetCollector
 from flagmetrics.config import Settings
 from flagmetrics.exceptions import StoreError
-from flagmetrics.multiprocess import directory_lock
+from flagmetrics.multiprocess import FilesCollector, directory_lock
 from flagmetrics.stores import default_store
 from flagmetrics.stores.base import Snapshot
 
@@ -73,7 +72,7 @@ def encode(
     if multiprocess_path is None:
         return encoder(_Joined(registry, fleet)), content_type
     scrape = CollectorRegistry(auto_describe=False)
-    MultiProcessCollector(scrape, path=multiprocess_path)
+    scrape.register(FilesCollector(multiprocess_path))
     if fleet is not None:
         scrape.register(fleet)
     with directory_lock(multiprocess_path):
@@ -100,7 +99,7 @@ class ScrapeSource:
         """Read the store, then yield the workers' metrics and the fleet gauges (unless turned off)."""
         if self._path is not None:
             with directory_lock(self._path):
-                yield from MultiProcessCollector(None, path=self._path).collect()
+                yield from FilesCollector(self._path).collect()
         if self._settings.fleet_gauges or self._path is None:
             yield from FleetCollector(asyncio.run(self._snapshot()), self._prefix).collect()
 

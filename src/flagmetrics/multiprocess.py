@@ -9,12 +9,16 @@ import fcntl
 import glob
 import os
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
+from prometheus_client.metrics_core import Metric
 from prometheus_client.mmap_dict import MmapedDict
+from prometheus_client.multiprocess import MultiProcessCollector
 
-__all__ = ["LOCK_NAME", "compact", "directory_lock", "prepare_directory"]
+__all__ = ["LOCK_NAME", "FilesCollector", "compact", "directory_lock", "prepare_directory"]
 
+# A metric file's header: the bytes used (4) and padding (4); a file shorter than this is being created.
+_HEADER_BYTES = 8
 # Types whose values add up across processes; gauges are left to prometheus_client's mark_process_dead.
 _SUMMED_TYPES = ("counter", "histogram", "summary")
 
@@ -31,6 +35,28 @@ def directory_lock(path: str, *, exclusive: bool = False) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # closing releases the lock
+
+
+class FilesCollector(MultiProcessCollector):
+    """prometheus_client's collector, minus the files a starting process has created but not sized.
+
+    A process that is creating its file leaves it empty for an instant; prometheus_client's reader
+    fails on such a file, which would turn a scrape that coincides with a worker start into an error.
+    """
+
+    def __init__(self, path: str) -> None:
+        super().__init__(None, path=path)
+        self._directory = path
+
+    def collect(self) -> Iterable[Metric]:
+        """Merge every worker file that has its header."""
+        files = []
+        for name in glob.glob(os.path.join(self._directory, "*.db")):
+            with contextlib.suppress(FileNotFoundError):
+                if os.stat(name).st_size >= _HEADER_BYTES:
+                    files.append(name)
+        merged: Iterable[Metric] = self.merge(files, accumulate=True)
+        return merged
 
 
 def prepare_directory(path: str) -> None:

@@ -1,0 +1,268 @@
+"""Worker lifecycle under real gunicorn: recycling, SIGTERM, SIGKILL and 500 dead workers.
+
+Counters and histograms live in prometheus_client's mmap files, so no increment is lost even to
+SIGKILL; the fleet store loses at most a killed worker's last flush interval; and no counter goes
+backwards between two scrapes while workers die and their files are compacted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from examples.traffic import Request, Tally, parse_scrape, plan
+from flagmetrics.multiprocess import directory_lock
+from tests.conftest import REPO, Gunicorn, assert_scrape_is_true, landed, wait_for
+
+pytestmark = pytest.mark.e2e
+
+FLUSH_INTERVAL_S = 0.2
+Answer = tuple[float, Request, dict[str, Any]]
+
+
+class Scraper(threading.Thread):
+    """Scrape continuously on fresh connections and note every sample that went backwards."""
+
+    def __init__(self, app: Gunicorn) -> None:
+        super().__init__(daemon=True)
+        self._app = app
+        self._stopping = threading.Event()
+        self.scrapes = 0
+        self.failures: list[str] = []
+        self.regressions: list[str] = []
+
+    def run(self) -> None:
+        last: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+        while not self._stopping.is_set():
+            try:
+                response = self._app.scrape()
+            except httpx.HTTPError as exc:
+                self.failures.append(repr(exc))
+                continue
+            if response.status_code != 200:
+                self.failures.append(f"status {response.status_code}")
+                continue
+            self.scrapes += 1
+            for key, value in monotonic_samples(response.text).items():
+                if value < last.get(key, float("-inf")):
+                    self.regressions.append(f"{key}: {last[key]} -> {value}")
+                last[key] = value
+
+    def stop(self, at_least: int) -> None:
+        """Stop once `at_least` scrapes were made."""
+        wait_for(lambda: self.scrapes >= at_least, 60, f"{at_least} scrapes")
+        self._stopping.set()
+        self.join(timeout=30)
+
+
+def monotonic_samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample that must never decrease: counters, histogram series and unique users."""
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        if family.type in ("counter", "histogram") or family.name == "feature_flag_unique_users":
+            for sample in family.samples:
+                samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def traffic(app: Gunicorn, requests: list[Request], actions: dict[int, Callable[[], None]]) -> list[Answer]:
+    """Send `requests` on 8 connections; run `actions[n]` (in another thread) after n answers."""
+    answers: list[Answer] = []
+
+    def act() -> None:
+        for count, action in sorted(actions.items()):
+            wait_for(lambda count=count: len(answers) >= count, 60, f"{count} answers")
+            action()
+
+    actor = threading.Thread(target=act, daemon=True)
+    actor.start()
+
+    async def send() -> None:
+        queue = list(reversed(requests))
+        async with httpx.AsyncClient(base_url=app.url, timeout=30) as client:
+
+            async def connection() -> None:
+                while queue:
+                    request = queue.pop()
+                    params = {"user": request.user, "plan": request.plan, "kind": request.kind}
+                    for _attempt in range(5):  # a killed worker's connection fails: ask again
+                        try:
+                            response = await client.get(f"/evaluate/{request.flag_key}", params=params)
+                        except httpx.TransportError:
+                            continue
+                        if response.status_code == 200:
+                            answers.append((time.monotonic(), request, response.json()))
+                            break
+                    else:
+                        raise AssertionError(f"no answer for {request} after 5 attempts")
+
+            await asyncio.gather(*(connection() for _ in range(8)))
+
+    asyncio.run(send())
+    actor.join(timeout=60)
+    assert not actor.is_alive()
+    return answers
+
+
+def tally_of(answers: list[Answer]) -> Tally:
+    tally = Tally()
+    for _, request, answer in answers:
+        tally.add(request, answer)
+    return tally
+
+
+@pytest.mark.parametrize("store", ["local", "redis"])
+def test_recycling_and_sigterm_lose_nothing(
+    store: str, gunicorn: Callable[..., Gunicorn], request: pytest.FixtureRequest
+) -> None:
+    """Workers recycled every ~250 requests and one SIGTERM: every figure exact, no counter goes back."""
+    env = {"MAX_REQUESTS": "250"}
+    if store == "redis":
+        env["FLAGMETRICS_REDIS_URL"] = request.getfixturevalue("redis_server").url
+    app = gunicorn(**env)
+    scraper = Scraper(app)
+    scraper.start()
+    answers = traffic(app, list(plan(1000)), {2000: lambda: os.kill(app.worker_pids()[0], signal.SIGTERM)})
+    tally = tally_of(answers)
+    wait_for(lambda: landed(tally, app), 20, "every worker's flushes to land")
+    scraper.stop(at_least=50)
+
+    assert_scrape_is_true(tally, app.scrape().text)
+    assert scraper.failures == []
+    assert scraper.regressions == []
+    served_by = {answer["pid"] for _, _, answer in answers}
+    assert len(served_by) >= 8, f"expected recycled workers, saw pids {served_by}"
+
+
+def test_sigkill_loses_no_counter_and_at_most_one_flush_interval(
+    gunicorn: Callable[..., Gunicorn],
+) -> None:
+    """A worker killed with SIGKILL mid-traffic: counters exact, the store short by at most its last interval."""
+    app = gunicorn()
+    scraper = Scraper(app)
+    scraper.start()
+    killed: dict[str, float] = {}
+
+    def kill() -> None:
+        killed["at"] = time.monotonic()
+        os.kill(app.worker_pids()[0], signal.SIGKILL)
+
+    answers = traffic(app, list(plan(1000)), {2500: kill})
+    tally = tally_of(answers)
+    wait_for(
+        lambda: parse_scrape(app.scrape().text).evaluations == dict(tally.evaluations), 10, "counters to add up"
+    )
+    scrape = parse_scrape(app.scrape().text)
+    assert scrape.histogram_counts == dict(tally.totals())
+
+    # Only what the killed worker answered in its last flush interval may be missing from the store.
+    window = len([t for t, _, _ in answers if killed["at"] - FLUSH_INTERVAL_S - 0.2 <= t <= killed["at"] + 0.2])
+
+    def stored() -> dict[str, int]:
+        return {flag: stats.total for flag, stats in app.fleet_snapshot().flags.items()}
+
+    truth = sum(tally.totals().values())
+    wait_for(lambda: truth - sum(stored().values()) <= window, 20, f"the store to come within {window} of {truth}")
+    for flag, total in tally.totals().items():
+        assert stored().get(flag, 0) <= total, flag  # nothing counted twice
+
+    scraper.stop(at_least=50)
+    assert scraper.failures == []
+    assert scraper.regressions == []
+
+
+DEAD_WORKERS_SCRIPT = """
+import os, sys
+from prometheus_client import CollectorRegistry
+from flagmetrics import LocalStore, PrometheusExporter
+from flagmetrics.events import Evaluation
+from flagmetrics.multiprocess import compact
+
+folded = 0
+for i in range(int(sys.argv[1])):
+    pid = os.fork()
+    if pid == 0:
+        exporter = PrometheusExporter(registry=CollectorRegistry(), store=LocalStore(None))
+        for n in range(3):
+            exporter.record_sync(Evaluation("button_color", "SPLIT", "red", f"dead-{i}-{n}", 0.5))
+        os._exit(0)
+    os.waitpid(pid, 0)
+    folded += compact(os.environ["PROMETHEUS_MULTIPROC_DIR"], pid)  # what gunicorn's child_exit does
+print(folded)
+"""
+
+
+def median_scrape_s(app: Gunicorn, n: int = 31) -> float:
+    times = []
+    for _ in range(n):
+        started = time.perf_counter()
+        assert app.scrape().status_code == 200
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def test_500_dead_workers_keep_scrapes_fast_and_exact(gunicorn: Callable[..., Gunicorn]) -> None:
+    """500 dead workers' files, compacted as they die: totals exact and monotonic, scrapes <= 1.2x."""
+    dead = 500
+    app = gunicorn()
+    answers = traffic(app, list(plan(200)), {})
+    tally = tally_of(answers)
+    wait_for(lambda: landed(tally, app), 15, "the flushes to land")
+
+    scraper = Scraper(app)
+    scraper.start()
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(app.multiproc_dir), "PYTHONPATH": str(REPO)}
+    result = subprocess.run(
+        [sys.executable, "-c", DEAD_WORKERS_SCRIPT, str(dead)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    scraper.stop(at_least=50)
+    assert int(result.stdout) == 2 * dead  # a counter and a histogram file each
+    assert scraper.failures == []
+    assert scraper.regressions == []
+
+    scrape = parse_scrape(app.scrape().text)
+    expected = dict(tally.evaluations)
+    expected[("button_color", "SPLIT", "red")] = expected.get(("button_color", "SPLIT", "red"), 0) + 3 * dead
+    assert scrape.evaluations == expected
+    # Only the live workers' files and the two archives remain: every dead worker's files were folded.
+    files = [name for name in os.listdir(app.multiproc_dir) if name.endswith(".db")]
+    owners = {name.rsplit("_", 1)[1].removesuffix(".db") for name in files}
+    assert owners <= {str(pid) for pid in app.worker_pids()} | {"archive"}, owners
+    archives = [app.multiproc_dir / f"{kind}_archive.db" for kind in ("counter", "histogram")]
+    assert all(archive.exists() for archive in archives)
+
+    # Scrape cost with the dead workers' archives against the same app without them, alternating so
+    # that both see the same machine load: hiding the archives (under the directory lock, as
+    # compaction does) gives exactly the scrape with no dead workers.
+    def show(visible: bool) -> None:
+        with directory_lock(str(app.multiproc_dir), exclusive=True):
+            for archive in archives:
+                hidden = archive.with_name(archive.name + ".hidden")
+                os.rename(*((hidden, archive) if visible else (archive, hidden)))
+
+    without, with_dead = [], []
+    for _ in range(15):
+        show(False)
+        without.append(median_scrape_s(app, 3))
+        show(True)
+        with_dead.append(median_scrape_s(app, 3))
+    before, after = statistics.median(without), statistics.median(with_dead)
+    print(f"scrape median: {before * 1000:.1f} ms without, {after * 1000:.1f} ms with {dead} dead workers")
+    assert after <= 1.2 * before, f"{after * 1000:.1f} ms with {dead} dead workers, {before * 1000:.1f} ms without"
