@@ -692,10 +692,12 @@ def test_event_raising_on_attribute_access_is_counted_and_never_raises(server: f
     assert total_evaluations(registry) == 0.0
 
 
-def test_event_raising_on_targeting_key_is_counted_and_never_raises(server: fakeredis.FakeServer) -> None:
+def test_event_raising_on_targeting_key_is_counted_without_its_user(server: fakeredis.FakeServer) -> None:
     exporter, registry = make_exporter(server)
     run(exporter, lambda: exporter.record(RaisingTargetingKey()))
-    assert invalid(registry, "event") == 1.0
+    assert invalid(registry, "targeting_key") == 1.0
+    assert invalid(registry, "event") == 0.0
+    assert evaluations(registry, "f", "DEFAULT", "on") == 1.0
 
 
 def test_unhashable_valid_variant_is_recorded_every_time(server: fakeredis.FakeServer) -> None:

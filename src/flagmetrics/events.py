@@ -90,7 +90,10 @@ class Evaluation:
 
 def error_code(event: Any) -> str:
     """Return the event's error code as a bounded label value (GENERAL when missing or unknown)."""
-    value = getattr(event, "error_code", None)
+    try:
+        value = getattr(event, "error_code", None)
+    except Exception:
+        return "GENERAL"
     if isinstance(value, Enum):
         value = value.value
     if isinstance(value, str) and value.upper() in ERROR_CODES:
@@ -102,8 +105,15 @@ def labels(event: Any) -> tuple[str, str, str, list[str]]:
     """Return (flag_key, reason, variant, defects); an empty flag_key means the event is rejected.
 
     Defects name what was wrong: `flag_key` and `variant` reject the event, `reason` is counted
-    under UNKNOWN.
+    under UNKNOWN, and `event` (an attribute that raised) rejects it.
     """
+    try:
+        return _labels(event)
+    except Exception:
+        return "", "", "", ["event"]
+
+
+def _labels(event: Any) -> tuple[str, str, str, list[str]]:
     defects: list[str] = []
     flag_key = _label(getattr(event, "flag_key", _MISSING))
     if flag_key is None:
@@ -121,9 +131,12 @@ def labels(event: Any) -> tuple[str, str, str, list[str]]:
 
 def duration_ms(event: Any) -> float | None:
     """Return the evaluation duration in milliseconds, or None when missing or not plausible."""
-    value = getattr(event, "evaluation_duration_ms", None)
-    if value is None:
-        value = getattr(event, "latency_ms", None)
+    try:
+        value = getattr(event, "evaluation_duration_ms", None)
+        if value is None:
+            value = getattr(event, "latency_ms", None)
+    except Exception:
+        return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     value = float(value)
@@ -134,7 +147,10 @@ def duration_ms(event: Any) -> float | None:
 
 def targeting_key(event: Any) -> str | None:
     """Return a usable targeting key; None when absent (anonymous) or unusable (a defect)."""
-    value = getattr(event, "targeting_key", None)
+    try:
+        value = getattr(event, "targeting_key", None)
+    except Exception:
+        return None
     if type(value) is str and 0 < len(value) <= MAX_TARGETING_KEY_LENGTH:
         return value
     return None

@@ -244,10 +244,11 @@ class PrometheusExporter:
                 if admitted is None:
                     return
                 series = admitted
+            # From here on the evaluation is counted, so nothing below may abort half-way.
             series.count.inc()
             try:
                 ms = event.evaluation_duration_ms
-            except AttributeError:
+            except Exception:
                 ms = None
             if ms.__class__ is float and 0.0 <= ms <= MAX_DURATION_MS:
                 series.duration.observe(ms / 1000.0)
@@ -261,9 +262,15 @@ class PrometheusExporter:
                 user = event.targeting_key
             except AttributeError:
                 user = None
-            if not user:
-                user = None
-            elif user.__class__ is not str or len(user) > MAX_TARGETING_KEY_LENGTH:
+            except Exception:
+                user = self  # an attribute that raises: an unusable targeting key, counted below
+            if user.__class__ is str:
+                if not user:
+                    user = None  # anonymous
+                elif len(user) > MAX_TARGETING_KEY_LENGTH:
+                    self._defect("targeting_key", "str")
+                    user = None
+            elif user is not None:
                 self._defect("targeting_key", type(user).__name__)
                 user = None
             if not self._buffer.add(series.flag, series.is_error, user):

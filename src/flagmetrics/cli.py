@@ -1,0 +1,473 @@
+"""The `flagmetrics` command: `serve` exports the fleet gauges once per fleet, `inspect` prints the fleet state."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from types import FrameType
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from prometheus_client.metrics_core import Metric
+
+from flagmetrics import __version__
+from flagmetrics.auth import Credentials
+from flagmetrics.collector import FleetCollector
+from flagmetrics.config import Settings
+from flagmetrics.exceptions import ConfigurationError, FlagMetricsError, StoreError
+from flagmetrics.exposition import ScrapeSource
+from flagmetrics.server import start_metrics_server
+from flagmetrics.stores import LocalStore, default_store
+from flagmetrics.stores.base import FlagStats, Snapshot, Store
+
+__all__ = ["main"]
+
+DEFAULT_PORT = 9464
+"""Port `flagmetrics serve` listens on unless `--port` says otherwise."""
+
+CHECK_TIMEOUT_S = 5.0
+"""Seconds the start-up check of `serve` and a read by `inspect` wait for the store."""
+
+EXIT_OK = 0
+EXIT_ERROR = 2
+"""Exit code of usage, configuration and connection errors (argparse uses it for usage errors too)."""
+
+_SERVER_STOP_TIMEOUT_S = 5.0  # seconds to wait for the HTTP server thread after shutdown()
+
+_NO_STORE = (
+    "no fleet store given: pass `--redis-url` (or set FLAGMETRICS_REDIS_URL) to read Redis, "
+    "or `--dir` with the gunicorn multiprocess directory of a single host"
+)
+
+# Where each setting the command line can set comes from, to say where to fix an invalid one.
+_SOURCES = {
+    "url": "--redis-url or FLAGMETRICS_REDIS_URL",
+    "key_prefix": "--key-prefix or FLAGMETRICS_KEY_PREFIX",
+    "scrape_timeout_s": "--scrape-timeout or FLAGMETRICS_SCRAPE_TIMEOUT_S",
+    "path": "--dir",
+}
+
+
+class _DirectorySource(ScrapeSource):
+    """The fleet gauges of one host's `LocalStore` directory, without the workers' own metrics.
+
+    `ScrapeSource` given a multiprocess path also serves the workers' counters (which the per-host
+    scrape already exports), and without one it reads Redis or an empty in-memory store.
+    """
+
+    def __init__(self, settings: Settings, *, prefix: str, directory: str) -> None:
+        """Read `directory` at each scrape, waiting at most `settings.scrape_timeout_s`."""
+        super().__init__(settings, prefix=prefix)
+        self._directory = directory
+        self._gauge_prefix = prefix
+        self._timeout_s = settings.scrape_timeout_s
+
+    def collect(self) -> Iterator[Metric]:
+        """Read the directory's fleet state, then yield the fleet gauges (only `store_up 0` on failure)."""
+        try:
+            snapshot: Snapshot | None = asyncio.run(_read(LocalStore(self._directory), self._timeout_s))
+        except (StoreError, TimeoutError, OSError):
+            snapshot = None
+        yield from FleetCollector(snapshot, self._gauge_prefix).collect()
+
+
+# -- entry point -------------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line with `argv` (default: `sys.argv[1:]`) and return the exit code."""
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version and usage errors
+        return exc.code if isinstance(exc.code, int) else EXIT_OK if exc.code is None else EXIT_ERROR
+    command: Callable[[argparse.Namespace], int] = args.run
+    try:
+        return command(args)
+    except FlagMetricsError as exc:
+        message = _scrub(str(exc), _secrets(args))
+        print(f"flagmetrics {args.command}: error: {message}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    """Build the parser of `flagmetrics` and its commands."""
+    parser = argparse.ArgumentParser(
+        prog="flagmetrics",
+        description="Read the fleet-wide feature-flag figures that flagmetrics keeps in Redis or on a host.",
+        epilog=(
+            "examples:\n"
+            "  flagmetrics serve --redis-url redis://redis.internal:6379/0 --addr 0.0.0.0\n"
+            "  flagmetrics inspect --redis-url redis://redis.internal:6379/0\n"
+            "\n"
+            "Settings not given as options come from the FLAGMETRICS_* environment variables."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"flagmetrics {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    serve = commands.add_parser(
+        "serve",
+        help="export the fleet gauges on a port of their own, once for the whole fleet",
+        description=(
+            "Serve feature_flag_unique_users, feature_flag_error_rate and flagmetrics_store_up for the\n"
+            "whole fleet on http://ADDR:PORT/metrics, read from the store at each scrape. Scrape it\n"
+            "once per fleet and set FLAGMETRICS_FLEET_GAUGES=0 on the apps, so that their per-host\n"
+            "scrapes (counters and histograms) do not export the same gauges again.\n"
+            "Stops cleanly on SIGINT or SIGTERM."
+        ),
+        epilog=(
+            "examples:\n"
+            "  FLAGMETRICS_METRICS_TOKEN=s3cret flagmetrics serve \\\n"
+            "      --redis-url redis://redis.internal:6379/0 --addr 0.0.0.0 --port 9464\n"
+            "  flagmetrics serve --dir /run/myapp/prometheus   # one host, no Redis\n"
+            "\n"
+            "Prefer FLAGMETRICS_REDIS_URL and FLAGMETRICS_METRICS_TOKEN to the options for secrets:\n"
+            "options are visible to every user of the host in the process list."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    serve.add_argument(
+        "--port", type=_port, default=DEFAULT_PORT, help="TCP port; 0 picks a free one (default: %(default)s)"
+    )
+    serve.add_argument(
+        "--addr", default="127.0.0.1", help="IPv4 address to bind; 0.0.0.0 for every interface (default: %(default)s)"
+    )
+    _store_options(serve)
+    serve.add_argument(
+        "--prefix",
+        default="",
+        help="metric name prefix, the same as PrometheusExporter(prefix=...): myapp gives myapp_feature_flag_*",
+    )
+    serve.add_argument(
+        "--token", help="bearer token scrapers must send (default: FLAGMETRICS_METRICS_TOKEN; unset: no auth)"
+    )
+    serve.add_argument(
+        "--scrape-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="longest wait for the store per scrape before answering with store_up 0 "
+        "(default: FLAGMETRICS_SCRAPE_TIMEOUT_S or 0.5)",
+    )
+    serve.add_argument("--no-check", action="store_true", help="start even when the store cannot be read at start-up")
+    serve.set_defaults(run=_serve)
+
+    inspect = commands.add_parser(
+        "inspect",
+        help="print every flag's fleet-wide figures",
+        description=(
+            "Print every flag's fleet-wide evaluations, errors, error rate and unique users, sorted by\n"
+            "flag key. Figures pinned with update_from_metrics() are marked with *."
+        ),
+        epilog=(
+            "examples:\n"
+            "  flagmetrics inspect --redis-url redis://redis.internal:6379/0\n"
+            "  flagmetrics inspect --dir /run/myapp/prometheus --json | jq '.flags[\"new-checkout\"]'"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _store_options(inspect)
+    inspect.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    inspect.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=CHECK_TIMEOUT_S,
+        metavar="SECONDS",
+        help="longest wait for the store (default: %(default)s)",
+    )
+    inspect.set_defaults(run=_inspect)
+    return parser
+
+
+def _store_options(parser: argparse.ArgumentParser) -> None:
+    """Add the options that choose the store: `--redis-url` or `--dir`, and `--key-prefix`."""
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument(
+        "--redis-url",
+        metavar="URL",
+        help="Redis holding the fleet state: redis://, rediss:// or unix:// (default: FLAGMETRICS_REDIS_URL)",
+    )
+    where.add_argument(
+        "--dir",
+        metavar="PATH",
+        help="a single host's state: its gunicorn multiprocess directory (PROMETHEUS_MULTIPROC_DIR); "
+        "takes precedence over FLAGMETRICS_REDIS_URL",
+    )
+    parser.add_argument(
+        "--key-prefix", help="prefix of the Redis keys (default: FLAGMETRICS_KEY_PREFIX or flagmetrics)"
+    )
+
+
+def _port(text: str) -> int:
+    """Parse a TCP port for argparse."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a TCP port (0-65535), got {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a TCP port (0-65535), got {port}")
+    return port
+
+
+def _seconds(text: str) -> float:
+    """Parse a positive number of seconds for argparse."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
+    return value
+
+
+# -- commands ----------------------------------------------------------------------------------------
+
+
+def _serve(args: argparse.Namespace) -> int:
+    """Serve the fleet gauges until SIGINT or SIGTERM."""
+    settings = _settings(args, scrape_timeout_s=args.scrape_timeout, metrics_token=args.token)
+    if args.prefix and not args.prefix.replace("_", "a").isalnum():
+        raise ConfigurationError(f"`--prefix` must be letters, digits and underscores, got {args.prefix!r}")
+    prefix = f"{args.prefix}_" if args.prefix else ""
+    where = _describe(settings, args.dir)
+    if args.no_check:
+        asyncio.run(_open(settings, args.dir).close())  # still rejects a malformed URL
+    else:
+        started = time.monotonic()
+        snapshot = _snapshot(settings, args.dir, CHECK_TIMEOUT_S, serving=True)
+        elapsed_s = time.monotonic() - started
+        if not snapshot.flags:
+            print(f"flagmetrics serve: note: no flags recorded yet in {where}", file=sys.stderr)
+        if elapsed_s > settings.scrape_timeout_s:
+            print(
+                f"flagmetrics serve: warning: reading {where} took {elapsed_s:.2f} s, longer than the scrape "
+                f"timeout of {settings.scrape_timeout_s} s; scrapes may answer store_up 0, raise --scrape-timeout",
+                file=sys.stderr,
+            )
+    source = (
+        ScrapeSource(settings, prefix=prefix)
+        if args.dir is None
+        else _DirectorySource(settings, prefix=prefix, directory=args.dir)
+    )
+    credentials = Credentials(settings.metrics_token) if settings.metrics_token else None
+
+    stop = threading.Event()
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        try:
+            httpd, thread = start_metrics_server(source, args.port, args.addr, credentials=credentials)
+        except OSError as exc:
+            raise ConfigurationError(
+                f"could not listen on {args.addr}:{args.port} ({exc.strerror or exc}); "
+                "choose another `--port`, or an `--addr` of this host (IPv4)"
+            ) from exc
+        try:
+            auth = "bearer token required" if credentials else "no auth"
+            print(
+                f"flagmetrics: serving the fleet gauges of {where} on "
+                f"http://{args.addr}:{httpd.server_port}/metrics ({auth}); stop with Ctrl-C or SIGTERM",
+                flush=True,
+            )
+            stop.wait()
+        finally:
+            httpd.shutdown()
+            httpd.server_close()
+            thread.join(_SERVER_STOP_TIMEOUT_S)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return EXIT_OK
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    """Print the fleet state as a table or JSON."""
+    settings = _settings(args)
+    snapshot = _snapshot(settings, args.dir, args.timeout)
+    if args.json:
+        store: dict[str, str] = (
+            {"directory": args.dir}
+            if args.dir is not None
+            else {"redis_url": _redact(settings.redis_url or ""), "key_prefix": settings.key_prefix}
+        )
+        flags = {key: _as_json(stats) for key, stats in sorted(snapshot.flags.items())}
+        print(json.dumps({"store": store, "flags": flags}, indent=2))
+    elif not snapshot.flags:
+        print(f"no flags recorded yet in {_describe(settings, args.dir)}")
+    else:
+        print(_table(snapshot))
+    return EXIT_OK
+
+
+# -- the store ---------------------------------------------------------------------------------------
+
+
+def _settings(args: argparse.Namespace, **overrides: Any) -> Settings:
+    """Read the `FLAGMETRICS_*` variables and apply the options given; `--dir` wins over a Redis URL."""
+    try:
+        settings = Settings.from_env(redis_url=args.redis_url, key_prefix=args.key_prefix, **overrides)
+        if args.dir is not None:
+            settings = settings.with_(redis_url=None)
+    except ConfigurationError as exc:
+        raise ConfigurationError(_with_source(str(exc))) from exc
+    return settings
+
+
+def _open(settings: Settings, directory: str | None) -> Store:
+    """Open the store the settings name; raise `ConfigurationError` when they name none or a bad one."""
+    if directory is None and not settings.redis_url:
+        raise ConfigurationError(_NO_STORE)
+    try:
+        return default_store(settings, directory)
+    except ConfigurationError as exc:
+        raise ConfigurationError(_with_source(str(exc))) from exc
+    except StoreError as exc:
+        raise StoreError(_with_source(str(exc)), transient=exc.transient) from exc
+
+
+async def _read(store: Store, timeout_s: float) -> Snapshot:
+    """Read a snapshot within `timeout_s`, then close the store."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await store.snapshot()
+    finally:
+        await store.close()
+
+
+def _snapshot(settings: Settings, directory: str | None, timeout_s: float, *, serving: bool = False) -> Snapshot:
+    """Read the store once; raise `StoreError` saying which store failed and what to check."""
+    store = _open(settings, directory)
+    try:
+        return asyncio.run(_read(store, timeout_s))
+    except (StoreError, TimeoutError, OSError) as exc:
+        # The StoreError's cause is the driver's own message, without the store's wording around it.
+        detail = str(exc.__cause__ or exc).rstrip(".") or f"no answer within {timeout_s} s"
+        if directory is not None:
+            hint = "check that `--dir` is the multiprocess directory the workers write to and that it is readable"
+        else:
+            hint = "check that Redis is running and that `--redis-url` (or FLAGMETRICS_REDIS_URL) is right"
+        if serving:
+            hint += ", or pass --no-check to serve anyway"
+        raise StoreError(f"could not read {_describe(settings, directory)}: {detail}; {hint}") from exc
+
+
+def _describe(settings: Settings, directory: str | None) -> str:
+    """Name the store for a message, without its password."""
+    if directory is not None:
+        return f"the directory {directory!r}"
+    return f"Redis at {_redact(settings.redis_url or '')} (key prefix {settings.key_prefix!r})"
+
+
+def _redact(url: str) -> str:
+    """Return `url` with its password (in the user part or a `password=` query) shown as `***`."""
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc
+        if parts.password is not None:
+            netloc = f"{parts.username or ''}:***@{netloc.rpartition('@')[2]}"
+    except ValueError:
+        return "<a URL that could not be parsed>"
+    query = "&".join(
+        "password=***" if item.partition("=")[0].lower() == "password" else item for item in parts.query.split("&")
+    )
+    return parts._replace(netloc=netloc, query=query).geturl()
+
+
+def _secrets(args: argparse.Namespace) -> set[str]:
+    """The passwords and tokens that must never be printed, from the options and the environment."""
+    found: set[str] = set()
+    urls = [getattr(args, "redis_url", None), os.environ.get("FLAGMETRICS_REDIS_URL")]
+    tokens = [getattr(args, "token", None), os.environ.get("FLAGMETRICS_METRICS_TOKEN")]
+    for url in filter(None, urls):
+        try:
+            parts = urlsplit(url)
+            password = parts.password
+        except ValueError:
+            found.add(url)
+            continue
+        if password:
+            found |= {password, unquote(password)}
+        for item in parts.query.split("&"):
+            name, _, value = item.partition("=")
+            if name.lower() == "password" and value:
+                found |= {value, unquote(value)}
+    found.update(token for token in tokens if token)
+    return found
+
+
+def _scrub(message: str, secrets: set[str]) -> str:
+    """Replace every secret in `message` with `***`."""
+    for secret in sorted(secrets, key=len, reverse=True):
+        message = message.replace(secret, "***")
+    return message
+
+
+def _with_source(message: str) -> str:
+    """Append where a setting named in backticks at the start of `message` is set."""
+    for name, source in _SOURCES.items():
+        if message.startswith(f"`{name}`"):
+            return f"{message} (set by {source})"
+    return message
+
+
+# -- output ------------------------------------------------------------------------------------------
+
+
+def _as_json(stats: FlagStats) -> dict[str, Any]:
+    """Return a flag's figures as a JSON object; `error_rate` is 0..1, or null before any evaluation."""
+    return {
+        "evaluations": stats.total,
+        "errors": stats.errors,
+        "error_rate": stats.error_rate,
+        "unique_users": stats.unique_users,
+        "pinned": stats.pinned_error_rate is not None,
+    }
+
+
+def _percent(rate: float | None) -> str:
+    """Format an error rate (0..1) as a percentage; `-` before any evaluation."""
+    if rate is None:
+        return "-"
+    if 0 < rate < 0.0001:
+        return "<0.01%"
+    return f"{rate * 100:.2f}%"
+
+
+def _table(snapshot: Snapshot) -> str:
+    """Render the flags as an aligned table, pinned figures marked with `*` and explained below."""
+    header = ("FLAG", "EVALUATIONS", "ERRORS", "ERROR RATE", "UNIQUE USERS")
+    rows: list[tuple[tuple[str, ...], bool]] = [
+        (
+            (key, str(stats.total), str(stats.errors), _percent(stats.error_rate), str(stats.unique_users)),
+            stats.pinned_error_rate is not None,
+        )
+        for key, stats in sorted(snapshot.flags.items())
+    ]
+    widths = [max(len(cells[i]) for cells in [header, *(row for row, _ in rows)]) for i in range(len(header))]
+    pinned_columns = (3, 4)
+
+    def line(cells: tuple[str, ...], pinned: bool) -> str:
+        out = [cells[0].ljust(widths[0])]
+        for i in range(1, len(cells)):
+            mark = "*" if pinned and i in pinned_columns else " "
+            out.append(cells[i].rjust(widths[i]) + mark)
+        return "  ".join(out).rstrip()
+
+    lines = [line(header, False), *(line(row, pinned) for row, pinned in rows)]
+    if any(pinned for _, pinned in rows):
+        lines += ["", "* pinned with update_from_metrics(): set from outside, not computed from evaluations"]
+    return "\n".join(lines)
