@@ -111,13 +111,14 @@ def assert_scrape_is_true(tally: Tally, text: str) -> None:
 # -- redis-server ------------------------------------------------------------------------------------
 
 
-def _redis_binary() -> str:
-    binary = shutil.which("redis-server")
-    if binary is None:
+def require_binary(name: str, package: str) -> str:
+    """The path of a binary the tests start; skip without it, but fail when CI requires it."""
+    path = shutil.which(name)
+    if path is None:
         if os.environ.get("FLAGMETRICS_REQUIRE_REDIS") == "1":
-            pytest.fail("redis-server is not installed and FLAGMETRICS_REQUIRE_REDIS=1")
-        pytest.skip("redis-server is not installed (apt-get install redis-server)")
-    return binary
+            pytest.fail(f"{name} is not installed and FLAGMETRICS_REQUIRE_REDIS=1 (apt-get install {package})")
+        pytest.skip(f"{name} is not installed (apt-get install {package})")
+    return path
 
 
 @dataclass
@@ -178,7 +179,7 @@ class RedisServer:
 @pytest.fixture
 def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     """A fresh redis-server for one test."""
-    server = RedisServer(binary=_redis_binary(), directory=tmp_path / "redis")
+    server = RedisServer(binary=require_binary("redis-server", "redis-server"), directory=tmp_path / "redis")
     server.directory.mkdir()
     server.start()
     try:

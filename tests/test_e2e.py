@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
 import subprocess
 from collections.abc import Callable
 
 import pytest
 
 from examples.traffic import plan, send
-from tests.conftest import Gunicorn, RedisServer, assert_scrape_is_true, landed, wait_for
+from tests.conftest import Gunicorn, RedisServer, assert_scrape_is_true, landed, require_binary, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -54,9 +53,7 @@ def test_every_worker_reports_the_fleet_truth(
 
 def test_scrape_passes_promtool(gunicorn: Callable[..., Gunicorn]) -> None:
     """A real scrape of the gunicorn-served app is clean for `promtool check metrics`."""
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.skip("promtool is not installed (apt-get install prometheus)")
+    promtool = require_binary("promtool", "prometheus")
     app = gunicorn()
     tally = asyncio.run(send(app.url, list(plan(200))))
     wait_for(lambda: landed(tally, app), 15, "the workers' flushes to land")

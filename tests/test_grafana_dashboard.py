@@ -13,8 +13,8 @@ evaluations (one of them an ERROR), so renaming a metric in the library breaks t
 are the sample names plus what each `# TYPE` line implies (a histogram's `_bucket`, `_sum` and
 `_count`), so a family that has no sample yet (a counter with labels) still counts.
 
-This module also holds the helpers the other Prometheus tests import (`require_binary`,
-`exported_metric_names`, `metric_names`).
+This module also holds the helpers the other Prometheus tests import (`exported_metric_names`,
+`metric_names`).
 """
 
 from __future__ import annotations
@@ -24,13 +24,14 @@ import functools
 import json
 import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+
+from tests.conftest import require_binary
 
 REPO = Path(__file__).resolve().parent.parent
 DASHBOARD = REPO / "examples" / "grafana" / "dashboard.json"
@@ -42,18 +43,6 @@ _GRAFANA_VARIABLE = re.compile(r"\$\{(\w+)(?::\w+)?\}|\$(\w+)|\[\[(\w+)\]\]")
 
 
 # -- shared helpers ---------------------------------------------------------------------------------
-
-
-def require_binary(name: str) -> str:
-    """The path of a Prometheus binary; skip without it, but fail when CI requires the binaries."""
-    path = shutil.which(name)
-    if path is None:
-        if os.environ.get("FLAGMETRICS_REQUIRE_REDIS") == "1":
-            pytest.fail(
-                f"{name} is not installed and FLAGMETRICS_REQUIRE_REDIS=1 (apt-get install prometheus)"
-            )
-        pytest.skip(f"{name} is not installed (apt-get install prometheus)")
-    return path
 
 
 async def _scrape_text() -> str:
@@ -167,9 +156,8 @@ def promtool_check_exprs(exprs: dict[str, str], directory: Path) -> subprocess.C
     }
     path = directory / "expressions.rules.yml"
     path.write_text(yaml.safe_dump(rules, sort_keys=False))
-    return subprocess.run(
-        [require_binary("promtool"), "check", "rules", str(path)], capture_output=True, text=True, timeout=30
-    )
+    promtool = require_binary("promtool", "prometheus")
+    return subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, text=True, timeout=30)
 
 
 # -- the dashboard ----------------------------------------------------------------------------------

@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.test_grafana_dashboard import exported_metric_names, metric_names, require_binary
+from tests.conftest import require_binary
+from tests.test_grafana_dashboard import exported_metric_names, metric_names
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples" / "prometheus"
@@ -30,7 +31,7 @@ FLEET_GAUGES = ("feature_flag_unique_users", "feature_flag_error_rate")
 
 def promtool(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [require_binary("promtool"), *args], capture_output=True, text=True, timeout=60, cwd=REPO
+        [require_binary("promtool", "prometheus"), *args], capture_output=True, text=True, timeout=60, cwd=REPO
     )
 
 

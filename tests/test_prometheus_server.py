@@ -27,8 +27,8 @@ import pytest
 import yaml
 
 from examples.traffic import Tally, plan, send
-from tests.conftest import LOOPBACK, Gunicorn, free_port, landed, stop_process, wait_for
-from tests.test_grafana_dashboard import TARGETS, metric_names, promql, require_binary
+from tests.conftest import LOOPBACK, Gunicorn, free_port, landed, require_binary, stop_process, wait_for
+from tests.test_grafana_dashboard import TARGETS, metric_names, promql
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(60)]
 
@@ -88,7 +88,7 @@ class Prometheus:
 @pytest.fixture
 def prometheus(tmp_path: Path) -> Iterator[Callable[[str], Prometheus]]:
     """Start Prometheus scraping one target every second with rules.yml; stop it by its pid afterwards."""
-    binary = require_binary("prometheus")
+    binary = require_binary("prometheus", "prometheus")
     started: list[Prometheus] = []
 
     def start(target: str) -> Prometheus:

@@ -1,0 +1,504 @@
+"""flagmetrics.cli: `flagmetrics serve` and `flagmetrics inspect` against a real redis-server and a host directory."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client import CollectorRegistry, values
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
+from prometheus_client.parser import text_string_to_metric_families
+
+from flagmetrics import PrometheusExporter, RedisStore, __version__
+from flagmetrics.cli import main
+from flagmetrics.events import Evaluation
+from flagmetrics.stores.base import Store
+from tests.conftest import LOOPBACK, REPO, RedisServer, free_port, stop_process, wait_for
+
+OPENMETRICS = "application/openmetrics-text; version=1.0.0"
+TOKEN = "scrape-token-1"
+PASSWORD = "pw-s3cret-9f2c"
+FLEET_GAUGES = {"feature_flag_unique_users", "feature_flag_error_rate", "flagmetrics_store_up"}
+
+EVENTS = [
+    Evaluation("checkout", "TARGETING_MATCH", "on", "alice", 1.0),
+    Evaluation("checkout", "STATIC", "off", "bob", 1.0),
+    Evaluation("checkout", "STATIC", "off", "carol", 1.0),
+    Evaluation("checkout", "ERROR", None, "dave", 1.0, "TYPE_MISMATCH"),
+    Evaluation("banner", "DISABLED", "", "alice", 1.0),
+    Evaluation("banner", "DISABLED", "", "bob", 1.0),
+    Evaluation("search", "ERROR", None, "erin", 1.0, "FLAG_NOT_FOUND"),
+    Evaluation("search", "ERROR", None, "frank", 1.0, "GENERAL"),
+    Evaluation("search", "SPLIT", "b", "erin", 1.0),
+]
+PINNED = ("legacy", {"unique_users": 500, "error_rate": 12.5})  # error_rate in percent, as litestar-flags takes it
+
+# What `inspect --json` must print for EVENTS and PINNED: exact counts and rates, sorted by flag key.
+EXPECTED = {
+    "banner": {"evaluations": 2, "errors": 0, "error_rate": 0.0, "unique_users": 2, "pinned": False},
+    "checkout": {"evaluations": 4, "errors": 1, "error_rate": 0.25, "unique_users": 4, "pinned": False},
+    "legacy": {"evaluations": 0, "errors": 0, "error_rate": 0.125, "unique_users": 500, "pinned": True},
+    "search": {"evaluations": 3, "errors": 2, "error_rate": 2 / 3, "unique_users": 2, "pinned": False},
+}
+
+# Records EVENTS and PINNED in a separate process whose prometheus_client runs in multiprocess mode,
+# so the directory holds the workers' counter files next to the fleet state, as under gunicorn.
+WRITER = """
+import asyncio, sys
+from flagmetrics import LocalStore
+from tests.test_cli import populate
+asyncio.run(populate(LocalStore(sys.argv[1])))
+"""
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    if getattr(values.ValueClass, "_multiprocess", False):
+        pytest.fail(
+            "prometheus_client was imported in multiprocess mode: unset PROMETHEUS_MULTIPROC_DIR", pytrace=False
+        )
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    for name in list(os.environ):
+        if name.startswith("FLAGMETRICS_"):
+            monkeypatch.delenv(name)
+
+
+async def populate(store: Store) -> None:
+    """Record EVENTS and pin PINNED through the library, flush them to `store` and close it."""
+    exporter = PrometheusExporter(registry=CollectorRegistry(), store=store)
+    for event in EVENTS:
+        await exporter.record(event)
+    exporter.update_from_metrics(*PINNED)
+    await exporter.flush()
+    await exporter.close()
+
+
+def clean_environ(**extra: str) -> dict[str, str]:
+    """This process's environment without FLAGMETRICS_* and multiprocess variables, plus `extra`."""
+    environ = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("FLAGMETRICS_", "PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir"))
+    }
+    environ["PYTHONPATH"] = str(REPO)
+    environ.update(extra)
+    return environ
+
+
+def write_directory(path: Path) -> None:
+    """Fill a multiprocess directory the way gunicorn workers would (counter files and fleet state)."""
+    subprocess.run(
+        [sys.executable, "-c", WRITER, str(path)],
+        cwd=REPO,
+        env=clean_environ(PROMETHEUS_MULTIPROC_DIR=str(path)),
+        check=True,
+        timeout=60,
+    )
+    assert any(name.startswith("counter_") for name in os.listdir(path)), os.listdir(path)
+
+
+@pytest.fixture(params=[pytest.param("redis", marks=pytest.mark.redis), "dir"])
+def store_args(request: pytest.FixtureRequest, tmp_path: Path) -> list[str]:
+    """The store options of a store holding EVENTS and PINNED: Redis, or a host's multiprocess directory."""
+    if request.param == "redis":
+        server: RedisServer = request.getfixturevalue("redis_server")
+        asyncio.run(populate(RedisStore.from_url(server.url)))
+        return ["--redis-url", server.url]
+    directory = tmp_path / "multiproc"
+    directory.mkdir()
+    write_directory(directory)
+    return ["--dir", str(directory)]
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    """Run the command line in this process; return its exit code, stdout and stderr."""
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+# -- serve as a real process -------------------------------------------------------------------------
+
+
+@dataclass
+class Served:
+    """A `flagmetrics serve` process this test started."""
+
+    proc: subprocess.Popen[bytes]
+    port: int
+    log: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}/metrics"
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def scrape(self, token: str | None = TOKEN, accept: str | None = None) -> httpx.Response:
+        headers = {"connection": "close"}
+        if token is not None:
+            headers["authorization"] = f"Bearer {token}"
+        if accept is not None:
+            headers["accept"] = accept
+        return httpx.get(self.url, headers=headers, timeout=5)
+
+    def terminate(self, sig: signal.Signals = signal.SIGTERM, timeout_s: float = 5.0) -> int:
+        """Send `sig` and return the exit code, failing the test unless it exits within `timeout_s`."""
+        self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"flagmetrics serve did not stop within {timeout_s} s of {sig.name}:\n{self.output()}")
+
+
+@contextlib.contextmanager
+def serving(tmp_path: Path, *args: str, **env: str) -> Iterator[Served]:
+    """Start `python -m flagmetrics serve` on a free port, wait until it listens, and always stop it."""
+    port = free_port()
+    log = tmp_path / f"serve-{port}.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "flagmetrics", "serve", "--port", str(port), *args],
+            cwd=REPO,
+            env=clean_environ(**env),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    served = Served(proc=proc, port=port, log=log)
+    try:
+        wait_for(
+            lambda: proc.poll() is not None or "flagmetrics: serving" in served.output(),
+            15,
+            f"flagmetrics serve to listen on port {port}",
+        )
+        assert proc.poll() is None, f"flagmetrics serve exited with {proc.returncode}:\n{served.output()}"
+        yield served
+    finally:
+        stop_process(proc)
+
+
+def samples(text: str, *, openmetrics: bool = False) -> dict[tuple[str, str], float]:
+    """Every sample of a scrape, keyed by (name, flag_key); flag_key is "" for unlabelled samples."""
+    parse = parse_openmetrics if openmetrics else text_string_to_metric_families
+    return {
+        (sample.name, sample.labels.get("flag_key", "")): sample.value
+        for family in parse(text)
+        for sample in family.samples
+    }
+
+
+def families(text: str) -> set[str]:
+    return {family.name for family in text_string_to_metric_families(text)}
+
+
+def expected_gauges(prefix: str = "") -> dict[tuple[str, str], float]:
+    """The fleet gauges a scrape must show for EVENTS and PINNED."""
+    gauges = {(f"{prefix}flagmetrics_store_up", ""): 1.0}
+    for flag, row in EXPECTED.items():
+        gauges[(f"{prefix}feature_flag_unique_users", flag)] = float(row["unique_users"])
+        gauges[(f"{prefix}feature_flag_error_rate", flag)] = float(row["error_rate"])
+    return gauges
+
+
+# -- help and version --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "mentions"),
+    [
+        ([], ["serve", "inspect", "examples:"]),
+        (["serve"], ["--redis-url", "--dir", "--token", "--scrape-timeout", "FLAGMETRICS_FLEET_GAUGES=0", "examples:"]),
+        (["inspect"], ["--redis-url", "--dir", "--json", "examples:"]),
+    ],
+)
+def test_help_describes_each_command_with_an_example(
+    capsys: pytest.CaptureFixture[str], argv: list[str], mentions: list[str]
+) -> None:
+    code, out, _ = run(capsys, *argv, "--help")
+    assert code == 0
+    for text in mentions:
+        assert text in out
+
+
+def test_version_is_printed(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "--version")
+    assert (code, out) == (0, f"flagmetrics {__version__}\n")
+
+
+def test_python_dash_m_runs_the_command_line() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "flagmetrics", "--version"], env=clean_environ(), capture_output=True, timeout=30
+    )
+    assert (result.returncode, result.stdout) == (0, f"flagmetrics {__version__}\n".encode())
+
+
+def test_no_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys)
+    assert code == 2
+    assert "usage: flagmetrics" in err
+
+
+def test_redis_url_and_dir_together_are_a_usage_error(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, _, err = run(capsys, "inspect", "--redis-url", "redis://127.0.0.1:6379/0", "--dir", str(tmp_path))
+    assert code == 2
+    assert "not allowed with argument" in err
+
+
+# -- inspect -----------------------------------------------------------------------------------------
+
+
+def test_inspect_json_has_exact_figures(capsys: pytest.CaptureFixture[str], store_args: list[str]) -> None:
+    code, out, err = run(capsys, "inspect", *store_args, "--json")
+    assert (code, err) == (0, "")
+    document = json.loads(out)
+    assert document["flags"] == EXPECTED
+    assert list(document["flags"]) == sorted(EXPECTED)
+
+
+def test_inspect_table_has_exact_figures_sorted_by_flag(
+    capsys: pytest.CaptureFixture[str], store_args: list[str]
+) -> None:
+    code, out, err = run(capsys, "inspect", *store_args)
+    assert (code, err) == (0, "")
+    lines = out.splitlines()
+    assert lines[0].split() == ["FLAG", "EVALUATIONS", "ERRORS", "ERROR", "RATE", "UNIQUE", "USERS"]
+    assert [line.split() for line in lines[1:5]] == [
+        ["banner", "2", "0", "0.00%", "2"],
+        ["checkout", "4", "1", "25.00%", "4"],
+        ["legacy", "0", "0", "12.50%*", "500*"],
+        ["search", "3", "2", "66.67%", "2"],
+    ]
+    assert lines[5:] == ["", "* pinned with update_from_metrics(): set from outside, not computed from evaluations"]
+
+
+@pytest.mark.redis
+def test_inspect_reads_the_redis_url_and_key_prefix_from_the_environment(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, redis_server: RedisServer
+) -> None:
+    asyncio.run(populate(RedisStore.from_url(redis_server.url, key_prefix="shop")))
+    monkeypatch.setenv("FLAGMETRICS_REDIS_URL", redis_server.url)
+    monkeypatch.setenv("FLAGMETRICS_KEY_PREFIX", "shop")
+    code, out, _ = run(capsys, "inspect", "--json")
+    assert code == 0
+    assert json.loads(out) == {"store": {"redis_url": redis_server.url, "key_prefix": "shop"}, "flags": EXPECTED}
+
+    code, out, _ = run(capsys, "inspect", "--key-prefix", "other")
+    assert (code, out) == (0, f"no flags recorded yet in Redis at {redis_server.url} (key prefix 'other')\n")
+
+
+def test_inspect_an_empty_directory_says_no_flags_yet(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, out, _ = run(capsys, "inspect", "--dir", str(tmp_path))
+    assert (code, out) == (0, f"no flags recorded yet in the directory '{tmp_path}'\n")
+
+    code, out, _ = run(capsys, "inspect", "--dir", str(tmp_path), "--json")
+    assert (code, json.loads(out)) == (0, {"store": {"directory": str(tmp_path)}, "flags": {}})
+
+
+@pytest.mark.parametrize("command", ["inspect", "serve"])
+def test_no_store_exits_2_saying_how_to_give_one(capsys: pytest.CaptureFixture[str], command: str) -> None:
+    code, out, err = run(capsys, command)
+    assert (code, out) == (2, "")
+    assert err == (
+        f"flagmetrics {command}: error: no fleet store given: pass `--redis-url` (or set FLAGMETRICS_REDIS_URL) "
+        "to read Redis, or `--dir` with the gunicorn multiprocess directory of a single host\n"
+    )
+
+
+@pytest.mark.parametrize("command", ["inspect", "serve"])
+def test_a_missing_directory_exits_2(capsys: pytest.CaptureFixture[str], tmp_path: Path, command: str) -> None:
+    missing = tmp_path / "missing"
+    code, _, err = run(capsys, command, "--dir", str(missing))
+    assert code == 2
+    assert f"`path` '{missing}' is not a directory" in err
+    assert "--dir" in err
+
+
+@pytest.mark.parametrize(("command", "extra"), [("inspect", []), ("serve", []), ("serve", ["--no-check"])])
+def test_a_bad_url_exits_2_with_the_configuration_error(
+    capsys: pytest.CaptureFixture[str], command: str, extra: list[str]
+) -> None:
+    code, out, err = run(capsys, command, "--redis-url", f"http://user:{PASSWORD}@x", *extra)
+    assert (code, out) == (2, "")
+    assert err == (
+        f"flagmetrics {command}: error: `url` must start with redis://, rediss:// or unix://, "
+        "got 'http://user:***@x' (set by --redis-url or FLAGMETRICS_REDIS_URL)\n"
+    )
+
+
+@pytest.mark.parametrize("command", ["inspect", "serve"])
+def test_unreachable_redis_exits_2_quickly_naming_the_url_without_its_password(
+    capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    port = free_port()  # nothing listens there
+    started = time.monotonic()
+    code, out, err = run(capsys, command, "--redis-url", f"redis://:{PASSWORD}@{LOOPBACK}:{port}/0")
+    assert time.monotonic() - started < 3.0
+    assert (code, out) == (2, "")
+    assert err.startswith(
+        f"flagmetrics {command}: error: could not read Redis at redis://:***@{LOOPBACK}:{port}/0 "
+        "(key prefix 'flagmetrics'): "
+    )
+    assert "Connect" in err
+    assert "check that Redis is running" in err
+    assert ("--no-check" in err) is (command == "serve")
+    assert PASSWORD not in err
+
+
+def test_unreachable_redis_prints_one_line_and_no_traceback() -> None:
+    """As a real process, with the URL (and its password, in the query) from the environment."""
+    url = f"redis://{LOOPBACK}:{free_port()}/0?password={PASSWORD}"
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "flagmetrics", "inspect"],
+        env=clean_environ(FLAGMETRICS_REDIS_URL=url),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert time.monotonic() - started < 5.0
+    assert (result.returncode, result.stdout) == (2, "")
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert f"redis://{LOOPBACK}:" in result.stderr
+    assert "password=***" in result.stderr
+    assert PASSWORD not in result.stderr
+
+
+@pytest.mark.redis
+def test_a_password_protected_redis_is_read_and_its_password_never_printed(
+    capsys: pytest.CaptureFixture[str], redis_server: RedisServer
+) -> None:
+    redis_server.client().config_set("requirepass", PASSWORD)
+    url = f"redis://:{PASSWORD}@{LOOPBACK}:{redis_server.port}/0"
+    asyncio.run(populate(RedisStore.from_url(url)))
+
+    code, out, err = run(capsys, "inspect", "--redis-url", url, "--json")
+    assert (code, err) == (0, "")
+    document = json.loads(out)
+    assert document["store"]["redis_url"] == f"redis://:***@{LOOPBACK}:{redis_server.port}/0"
+    assert document["flags"] == EXPECTED
+    assert PASSWORD not in out
+
+    wrong = f"redis://:wrong-{PASSWORD}@{LOOPBACK}:{redis_server.port}/0"
+    code, out, err = run(capsys, "inspect", "--redis-url", wrong)
+    assert (code, out) == (2, "")
+    assert "could not read Redis at redis://:***@" in err
+    assert PASSWORD not in err
+
+
+# -- serve -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.redis
+@pytest.mark.timeout(60)
+def test_serve_exports_only_the_fleet_gauges_and_survives_redis_going_away(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    asyncio.run(populate(RedisStore.from_url(redis_server.url)))
+    with serving(tmp_path, "--redis-url", redis_server.url, "--token", TOKEN) as served:
+        assert served.output() == (
+            f"flagmetrics: serving the fleet gauges of Redis at {redis_server.url} (key prefix 'flagmetrics') "
+            f"on {served.url} (bearer token required); stop with Ctrl-C or SIGTERM\n"
+        )
+        assert served.scrape(token=None).status_code == 401
+        assert served.scrape(token="wrong").status_code == 401
+
+        response = served.scrape()
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/plain")
+        assert families(response.text) == FLEET_GAUGES
+        assert "feature_flag_evaluations_total" not in response.text
+        assert samples(response.text) == expected_gauges()
+
+        response = served.scrape(accept=OPENMETRICS)
+        assert response.headers["content-type"].startswith("application/openmetrics-text")
+        assert response.text.endswith("# EOF\n")
+        assert samples(response.text, openmetrics=True) == expected_gauges()
+
+        redis_server.stop()
+        started = time.monotonic()
+        response = served.scrape()
+        assert time.monotonic() - started < 1.0
+        assert response.status_code == 200
+        assert samples(response.text) == {("flagmetrics_store_up", ""): 0.0}
+
+        assert served.terminate(signal.SIGTERM) == 0
+        assert "Traceback" not in served.output()
+
+
+@pytest.mark.timeout(60)
+def test_serve_dir_exports_the_host_gauges_without_the_workers_counters(tmp_path: Path) -> None:
+    """With the token from FLAGMETRICS_METRICS_TOKEN and a metric prefix; SIGINT stops it too."""
+    directory = tmp_path / "multiproc"
+    directory.mkdir()
+    write_directory(directory)
+    with serving(tmp_path, "--dir", str(directory), "--prefix", "shop", FLAGMETRICS_METRICS_TOKEN=TOKEN) as served:
+        assert f"the directory '{directory}'" in served.output()
+        assert served.scrape(token=None).status_code == 401
+        response = served.scrape()
+        assert response.status_code == 200
+        assert families(response.text) == {f"shop_{name}" for name in FLEET_GAUGES}
+        assert "evaluations_total" not in response.text
+        assert samples(response.text) == expected_gauges("shop_")
+        assert served.terminate(signal.SIGINT) == 0
+        assert "Traceback" not in served.output()
+
+
+@pytest.mark.redis
+@pytest.mark.timeout(60)
+def test_serve_no_check_starts_while_redis_is_down_and_recovers(tmp_path: Path, redis_server: RedisServer) -> None:
+    asyncio.run(populate(RedisStore.from_url(redis_server.url)))
+    redis_server.stop()
+    with serving(tmp_path, "--no-check", FLAGMETRICS_REDIS_URL=redis_server.url) as served:
+        assert "no auth" in served.output()
+        assert samples(served.scrape(token=None).text) == {("flagmetrics_store_up", ""): 0.0}
+        redis_server.start()  # same port and data directory: the data is back
+        wait_for(
+            lambda: samples(served.scrape(token=None).text) == expected_gauges(),
+            10,
+            "the fleet gauges once Redis is back",
+        )
+        assert served.terminate() == 0
+
+
+def test_serve_on_a_busy_port_exits_2_and_restores_the_signal_handlers(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    handlers = (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM))
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as busy:
+        busy.bind((LOOPBACK, 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        code, out, err = run(capsys, "serve", "--dir", str(tmp_path), "--port", str(port))
+    assert (code, out) == (2, "")
+    assert err.splitlines()[-1].startswith(f"flagmetrics serve: error: could not listen on {LOOPBACK}:{port} (")
+    assert "choose another `--port`" in err
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers
+
+
+def test_serve_rejects_a_prefix_that_is_not_a_metric_name(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, _, err = run(capsys, "serve", "--dir", str(tmp_path), "--prefix", "my-app")
+    assert code == 2
+    assert err == "flagmetrics serve: error: `--prefix` must be letters, digits and underscores, got 'my-app'\n"
+
+
+def test_serve_names_the_option_of_an_invalid_setting(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, _, err = run(capsys, "serve", "--dir", str(tmp_path), "--scrape-timeout", "120")
+    assert code == 2
+    assert err == (
+        "flagmetrics serve: error: `scrape_timeout_s` must be between 0.01 and 60 seconds, got 120.0 "
+        "(set by --scrape-timeout or FLAGMETRICS_SCRAPE_TIMEOUT_S)\n"
+    )
