@@ -203,6 +203,8 @@ class Gunicorn:
     log: Path
     multiproc_dir: Path
     redis_url: str | None = None
+    key_prefix: str = "flagmetrics"
+    token: str | None = None
 
     @property
     def url(self) -> str:
@@ -213,8 +215,9 @@ class Gunicorn:
 
     def scrape(self, headers: dict[str, str] | None = None) -> httpx.Response:
         """One scrape of /metrics on a new connection, so that any worker may answer."""
+        auth = {"authorization": f"Bearer {self.token}"} if self.token else {}
         with httpx.Client(timeout=10) as client:
-            return client.get(f"{self.url}/metrics", headers={"connection": "close", **(headers or {})})
+            return client.get(f"{self.url}/metrics", headers={"connection": "close", **auth, **(headers or {})})
 
     def wait_ready(self, timeout_s: float = 30) -> None:
         wait_for(
@@ -232,7 +235,7 @@ class Gunicorn:
             return LocalStore(str(self.multiproc_dir)).read()
 
         async def read() -> Snapshot:
-            store = RedisStore.from_url(self.redis_url or "")
+            store = RedisStore.from_url(self.redis_url or "", key_prefix=self.key_prefix)
             try:
                 return await store.snapshot()
             finally:
@@ -278,6 +281,8 @@ def gunicorn(tmp_path: Path) -> Iterator[Callable[..., Gunicorn]]:
             log=log,
             multiproc_dir=multiproc_dir,
             redis_url=environ.get("FLAGMETRICS_REDIS_URL"),
+            key_prefix=environ.get("FLAGMETRICS_KEY_PREFIX", "flagmetrics"),
+            token=environ.get("FLAGMETRICS_METRICS_TOKEN"),
         )
         started.append(server)
         server.wait_ready()

@@ -502,3 +502,26 @@ def test_serve_names_the_option_of_an_invalid_setting(capsys: pytest.CaptureFixt
         "flagmetrics serve: error: `scrape_timeout_s` must be between 0.01 and 60 seconds, got 120.0 "
         "(set by --scrape-timeout or FLAGMETRICS_SCRAPE_TIMEOUT_S)\n"
     )
+
+
+def test_inspect_into_a_closed_pipe_exits_without_a_traceback(tmp_path: Path) -> None:
+    """`flagmetrics inspect --json | head -1` must not end in a BrokenPipeError traceback."""
+    directory = tmp_path / "multiproc"
+    directory.mkdir()
+    write_directory(directory)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flagmetrics", "inspect", "--dir", str(directory), "--json"],
+        env=clean_environ(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    assert proc.stderr is not None
+    proc.stdout.close()  # the reader goes away before the output is written
+    try:
+        err = proc.stderr.read().decode()
+        code = proc.wait(timeout=30)
+    finally:
+        stop_process(proc)
+        proc.stderr.close()
+    assert (code, err) == (1, "")

@@ -98,6 +98,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # the reader went away (`flagmetrics inspect | head`): stop quietly
+        # Point stdout at /dev/null so that flushing it at exit raises no second error.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -310,6 +314,7 @@ def _inspect(args: argparse.Namespace) -> int:
         print(f"no flags recorded yet in {_describe(settings, args.dir)}")
     else:
         print(_table(snapshot))
+    sys.stdout.flush()  # a closed pipe raises here, inside main(), not at interpreter exit
     return EXIT_OK
 
 

@@ -321,8 +321,8 @@ class PrometheusExporter:
                 overflow=overflow,
             )
         if not defects and len(self._series) < _SERIES_CACHE_LIMIT:
-            # An unhashable field makes this event type take the slow path every time.
-            with contextlib.suppress(TypeError):
+            # A missing or unhashable field makes this event type take the slow path every time.
+            with contextlib.suppress(Exception):
                 self._series[(event.flag_key, event.reason, event.variant)] = series
         return series
 
