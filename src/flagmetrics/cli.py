@@ -11,22 +11,20 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from prometheus_client.metrics_core import Metric
-
 from flagmetrics import __version__
 from flagmetrics.auth import Credentials
-from flagmetrics.collector import FleetCollector
 from flagmetrics.config import Settings
 from flagmetrics.exceptions import ConfigurationError, FlagMetricsError, StoreError
 from flagmetrics.exposition import ScrapeSource
 from flagmetrics.server import start_metrics_server
-from flagmetrics.stores import LocalStore, default_store
+from flagmetrics.stores import default_store
 from flagmetrics.stores.base import FlagStats, Snapshot, Store
+from flagmetrics.stores.redis import redact_url
 
 __all__ = ["main"]
 
@@ -54,29 +52,6 @@ _SOURCES = {
     "scrape_timeout_s": "--scrape-timeout or FLAGMETRICS_SCRAPE_TIMEOUT_S",
     "path": "--dir",
 }
-
-
-class _DirectorySource(ScrapeSource):
-    """The fleet gauges of one host's `LocalStore` directory, without the workers' own metrics.
-
-    `ScrapeSource` given a multiprocess path also serves the workers' counters (which the per-host
-    scrape already exports), and without one it reads Redis or an empty in-memory store.
-    """
-
-    def __init__(self, settings: Settings, *, prefix: str, directory: str) -> None:
-        """Read `directory` at each scrape, waiting at most `settings.scrape_timeout_s`."""
-        super().__init__(settings, prefix=prefix)
-        self._directory = directory
-        self._gauge_prefix = prefix
-        self._timeout_s = settings.scrape_timeout_s
-
-    def collect(self) -> Iterator[Metric]:
-        """Read the directory's fleet state, then yield the fleet gauges (only `store_up 0` on failure)."""
-        try:
-            snapshot: Snapshot | None = asyncio.run(_read(LocalStore(self._directory), self._timeout_s))
-        except (StoreError, TimeoutError, OSError):
-            snapshot = None
-        yield from FleetCollector(snapshot, self._gauge_prefix).collect()
 
 
 # -- entry point -------------------------------------------------------------------------------------
@@ -146,7 +121,7 @@ def _parser() -> argparse.ArgumentParser:
         "--port", type=_port, default=DEFAULT_PORT, help="TCP port; 0 picks a free one (default: %(default)s)"
     )
     serve.add_argument(
-        "--addr", default="127.0.0.1", help="IPv4 address to bind; 0.0.0.0 for every interface (default: %(default)s)"
+        "--addr", default="127.0.0.1", help="address to bind; 0.0.0.0 or :: for every interface (default: %(default)s)"
     )
     _store_options(serve)
     serve.add_argument(
@@ -259,11 +234,7 @@ def _serve(args: argparse.Namespace) -> int:
                 f"timeout of {settings.scrape_timeout_s} s; scrapes may answer store_up 0, raise --scrape-timeout",
                 file=sys.stderr,
             )
-    source = (
-        ScrapeSource(settings, prefix=prefix)
-        if args.dir is None
-        else _DirectorySource(settings, prefix=prefix, directory=args.dir)
-    )
+    source = ScrapeSource(settings, prefix=prefix, multiprocess_path=args.dir, workers=False)
     credentials = Credentials(settings.metrics_token) if settings.metrics_token else None
 
     stop = threading.Event()
@@ -278,7 +249,7 @@ def _serve(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise ConfigurationError(
                 f"could not listen on {args.addr}:{args.port} ({exc.strerror or exc}); "
-                "choose another `--port`, or an `--addr` of this host (IPv4)"
+                "choose another `--port`, or an `--addr` of this host"
             ) from exc
         try:
             auth = "bearer token required" if credentials else "no auth"
@@ -306,7 +277,7 @@ def _inspect(args: argparse.Namespace) -> int:
         store: dict[str, str] = (
             {"directory": args.dir}
             if args.dir is not None
-            else {"redis_url": _redact(settings.redis_url or ""), "key_prefix": settings.key_prefix}
+            else {"redis_url": redact_url(settings.redis_url or ""), "key_prefix": settings.key_prefix}
         )
         flags = {key: _as_json(stats) for key, stats in sorted(snapshot.flags.items())}
         print(json.dumps({"store": store, "flags": flags}, indent=2))
@@ -374,22 +345,7 @@ def _describe(settings: Settings, directory: str | None) -> str:
     """Name the store for a message, without its password."""
     if directory is not None:
         return f"the directory {directory!r}"
-    return f"Redis at {_redact(settings.redis_url or '')} (key prefix {settings.key_prefix!r})"
-
-
-def _redact(url: str) -> str:
-    """Return `url` with its password (in the user part or a `password=` query) shown as `***`."""
-    try:
-        parts = urlsplit(url)
-        netloc = parts.netloc
-        if parts.password is not None:
-            netloc = f"{parts.username or ''}:***@{netloc.rpartition('@')[2]}"
-    except ValueError:
-        return "<a URL that could not be parsed>"
-    query = "&".join(
-        "password=***" if item.partition("=")[0].lower() == "password" else item for item in parts.query.split("&")
-    )
-    return parts._replace(netloc=netloc, query=query).geturl()
+    return f"Redis at {redact_url(settings.redis_url or '')} (key prefix {settings.key_prefix!r})"
 
 
 def _secrets(args: argparse.Namespace) -> set[str]:

@@ -21,7 +21,7 @@ class Settings:
     """Redis URL (`redis://`, `rediss://` or `unix://`); set it to share fleet state across hosts."""
 
     key_prefix: str = "flagmetrics"
-    """Prefix of every Redis key and of the local state files."""
+    """Prefix of every Redis key (the local store keeps its files in the multiprocess directory)."""
 
     flush_interval_s: float = 1.0
     """Seconds between two flushes of a worker's buffer to the store."""

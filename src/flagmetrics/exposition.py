@@ -13,7 +13,7 @@ from prometheus_client.registry import REGISTRY
 
 from flagmetrics.collector import FleetCollector
 from flagmetrics.config import Settings
-from flagmetrics.exceptions import StoreError
+from flagmetrics.exceptions import ConfigurationError, StoreError
 from flagmetrics.multiprocess import FilesCollector, directory_lock
 from flagmetrics.stores import default_store
 from flagmetrics.stores.base import Snapshot
@@ -86,21 +86,35 @@ class ScrapeSource:
     separate process or thread, such as the gunicorn master or `flagmetrics serve`.
     """
 
-    def __init__(self, settings: Settings, *, prefix: str = "", multiprocess_path: str | None = None) -> None:
-        """Serve the workers' files when `multiprocess_path` is given, and the fleet gauges.
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        prefix: str = "",
+        multiprocess_path: str | None = None,
+        workers: bool = True,
+    ) -> None:
+        """Serve the fleet gauges, and the workers' files of `multiprocess_path` when `workers` is true.
 
-        Without `multiprocess_path` (`flagmetrics serve`), the fleet gauges are always served.
+        The store is Redis when `settings.redis_url` is set, else the `LocalStore` in
+        `multiprocess_path`; with `workers` false (`flagmetrics serve`) the fleet gauges are always
+        served, even where `settings.fleet_gauges` turns them off for the workers' scrapes.
         """
+        if not settings.redis_url and multiprocess_path is None:
+            raise ConfigurationError(
+                "no fleet store: set `redis_url` (FLAGMETRICS_REDIS_URL) or give the multiprocess directory"
+            )
         self._settings = settings
         self._prefix = prefix
         self._path = multiprocess_path
+        self._workers = workers
 
     def collect(self) -> Iterator[Metric]:
-        """Read the store, then yield the workers' metrics and the fleet gauges (unless turned off)."""
-        if self._path is not None:
+        """Yield the workers' metrics, then read the store and yield the fleet gauges."""
+        if self._workers and self._path is not None:
             with directory_lock(self._path):
                 yield from FilesCollector(self._path).collect()
-        if self._settings.fleet_gauges or self._path is None:
+        if self._settings.fleet_gauges or not self._workers:
             yield from FleetCollector(asyncio.run(self._snapshot()), self._prefix).collect()
 
     async def _snapshot(self) -> Snapshot | None:

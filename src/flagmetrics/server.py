@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -49,7 +50,10 @@ def start_metrics_server(
     app: _WSGIApp = make_wsgi_app(source)
     if credentials is not None:
         app = _require(credentials, app)
-    httpd = make_server(addr, port, app, ThreadingWSGIServer, handler_class=_QuietHandler)
+    # IPv6 addresses need an IPv6 socket: take the family the address resolves to.
+    family = socket.getaddrinfo(addr, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
+    server_class: type[WSGIServer] = type("MetricsServer", (ThreadingWSGIServer,), {"address_family": family})
+    httpd: WSGIServer = make_server(addr, port, app, server_class, handler_class=_QuietHandler)
     thread = threading.Thread(target=httpd.serve_forever, name="flagmetrics-metrics-server", daemon=True)
     thread.start()
     return httpd, thread

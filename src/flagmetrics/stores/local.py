@@ -18,6 +18,7 @@ import mmap
 import os
 import struct
 import threading
+import time
 from collections.abc import Iterator
 from typing import Final
 
@@ -99,14 +100,33 @@ def _parse(header: bytes) -> tuple[str, FlagStats] | None:
     )
 
 
+def _flock(fd: int, operation: int, timeout_s: float) -> None:
+    """Take a file lock, waiting at most `timeout_s` (flock itself has no timeout)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            fcntl.flock(fd, operation | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"the lock stayed taken for {timeout_s} s") from None
+            time.sleep(0.001)  # the holder keeps it for a few milliseconds at most
+
+
 class LocalStore:
     """Fleet state of one host in `path` (the multiprocess directory), or in memory when `path` is None."""
 
-    def __init__(self, path: str | None = None) -> None:
-        """Keep state in `path`, which must exist; None keeps it in this process only."""
+    def __init__(self, path: str | None = None, *, lock_timeout_s: float = 2.0) -> None:
+        """Keep state in `path`, which must exist; None keeps it in this process only.
+
+        Args:
+            lock_timeout_s: Longest wait for the directory's lock, in seconds, before a read or a
+                write fails with `StoreError` (a read waits only while a worker applies a batch).
+        """
         if path is not None and not os.path.isdir(path):
-            raise StoreError(f"`path` {path!r} is not a directory; create it first")
+            raise StoreError(f"`path` {path!r} is not a directory; create it first", transient=False)
         self._path = path
+        self._lock_timeout_s = lock_timeout_s
         self._files: dict[str, _FlagFile] = {}
         self._thread_lock = threading.Lock()
 
@@ -214,7 +234,7 @@ class LocalStore:
                 return
             fd = os.open(os.path.join(self._path, "flagmetrics-state.lock"), os.O_RDWR | os.O_CREAT, 0o600)
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+                _flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH, self._lock_timeout_s)
                 yield
             except OSError as exc:
                 raise StoreError(f"could not lock the state in {self._path!r}: {exc}") from exc

@@ -17,7 +17,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from flagmetrics.exceptions import ConfigurationError, StoreError
 from flagmetrics.stores.base import Batch, FlagStats, Pin, Snapshot
 
-__all__ = ["RedisStore"]
+__all__ = ["RedisStore", "redact_url"]
 
 # Applies one worker batch unless this (writer, seq) was applied before, so a retried flush
 # after a lost reply never counts twice. Members go to PFADD in chunks to stay within Lua's
@@ -95,10 +95,10 @@ class RedisStore:
         parts = urlsplit(url)
         if parts.scheme not in _SCHEMES:
             raise ConfigurationError(
-                f"`url` must start with redis://, rediss:// or unix://, got {_redact(url)!r}"
+                f"`url` must start with redis://, rediss:// or unix://, got {redact_url(url)!r}"
             )
         if parts.scheme != "unix" and not parts.hostname:
-            raise ConfigurationError(f"`url` names no host: {_redact(url)!r}")
+            raise ConfigurationError(f"`url` names no host: {redact_url(url)!r}")
         if not (math.isfinite(timeout_s) and timeout_s > 0):
             raise ConfigurationError(f"`timeout_s` must be a positive number of seconds, got {timeout_s!r}")
         options: dict[str, Any] = {
@@ -113,7 +113,7 @@ class RedisStore:
         try:
             client = aioredis.Redis.from_url(url, **options)
         except (ValueError, TypeError) as exc:
-            raise ConfigurationError(f"`url` {_redact(url)!r} is not a valid Redis URL: {exc}") from exc
+            raise ConfigurationError(f"`url` {redact_url(url)!r} is not a valid Redis URL: {exc}") from exc
         return cls(client, key_prefix=key_prefix)
 
     @property
@@ -213,9 +213,16 @@ def _pin(raw: bytes | None) -> Pin | None:
     return Pin(unique_users=int(users), error_rate=float(rate))
 
 
-def _redact(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-    return parts._replace(netloc=netloc).geturl()
+def redact_url(url: str) -> str:
+    """Return `url` with its password (in the user part or a `password=` query) shown as `***`."""
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc
+        if parts.password is not None:
+            netloc = f"{parts.username or ''}:***@{netloc.rpartition('@')[2]}"
+    except ValueError:
+        return "<a URL that could not be parsed>"
+    query = "&".join(
+        "password=***" if item.partition("=")[0].lower() == "password" else item for item in parts.query.split("&")
+    )
+    return parts._replace(netloc=netloc, query=query).geturl()
