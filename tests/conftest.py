@@ -18,9 +18,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import fakeredis
 import httpx
 import pytest
 import redis
+from prometheus_client import values
 
 from examples.traffic import Tally, parse_scrape
 from flagmetrics import LocalStore, RedisStore
@@ -106,6 +108,26 @@ def assert_scrape_is_true(tally: Tally, text: str) -> None:
         assert abs(scrape.unique_users[flag] - len(users)) <= 0.02 * len(users), (flag, scrape.unique_users)
     assert scrape.samples["flagmetrics_store_up"] == 1.0
     assert scrape.samples["flagmetrics_dropped_events_total"] == 0.0
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No FLAGMETRICS_* settings and no multiprocess directory leak into a test from the environment."""
+    if getattr(values.ValueClass, "_multiprocess", False):
+        pytest.fail(
+            "prometheus_client was imported in multiprocess mode: run the tests with PROMETHEUS_MULTIPROC_DIR unset",
+            pytrace=False,
+        )
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    for name in list(os.environ):
+        if name.startswith("FLAGMETRICS_"):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def server() -> fakeredis.FakeServer:
+    """A fakeredis server for fast unit tests (the real one is `redis_server`)."""
+    return fakeredis.FakeServer()
 
 
 # -- redis-server ------------------------------------------------------------------------------------

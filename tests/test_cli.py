@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from prometheus_client import CollectorRegistry, values
+from prometheus_client import CollectorRegistry
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -26,6 +26,8 @@ from flagmetrics.cli import main
 from flagmetrics.events import Evaluation
 from flagmetrics.stores.base import Store
 from tests.conftest import LOOPBACK, REPO, RedisServer, free_port, stop_process, wait_for
+
+pytestmark = pytest.mark.usefixtures("clean_env")
 
 OPENMETRICS = "application/openmetrics-text; version=1.0.0"
 TOKEN = "scrape-token-1"
@@ -63,16 +65,6 @@ asyncio.run(populate(LocalStore(sys.argv[1])))
 """
 
 
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    if getattr(values.ValueClass, "_multiprocess", False):
-        pytest.fail(
-            "prometheus_client was imported in multiprocess mode: unset PROMETHEUS_MULTIPROC_DIR", pytrace=False
-        )
-    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
-    for name in list(os.environ):
-        if name.startswith("FLAGMETRICS_"):
-            monkeypatch.delenv(name)
 
 
 async def populate(store: Store) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Any
 
 import pytest
@@ -11,13 +10,9 @@ import pytest
 from flagmetrics.config import Settings
 from flagmetrics.exceptions import ConfigurationError, FlagMetricsError
 
+pytestmark = pytest.mark.usefixtures("clean_env")
 
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.startswith("FLAGMETRICS_"):
-            monkeypatch.delenv(name)
-    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+
 
 
 def test_from_empty_environment_gives_defaults() -> None:

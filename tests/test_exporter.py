@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -17,7 +16,7 @@ from litestar_flags.analytics.aggregator import AnalyticsAggregator, FlagMetrics
 from litestar_flags.analytics.collectors.memory import InMemoryAnalyticsCollector
 from litestar_flags.analytics.models import FlagEvaluationEvent
 from litestar_flags.types import EvaluationReason
-from prometheus_client import CollectorRegistry, values
+from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from flagmetrics import (
@@ -32,26 +31,13 @@ from flagmetrics.events import OVERFLOW
 from flagmetrics.exposition import render
 from flagmetrics.stores.base import Batch, FlagDelta, Snapshot
 
+pytestmark = pytest.mark.usefixtures("clean_env")
+
 T = TypeVar("T")
 
 
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    if getattr(values.ValueClass, "_multiprocess", False):
-        pytest.fail(
-            "prometheus_client was imported in multiprocess mode: run these tests with "
-            "PROMETHEUS_MULTIPROC_DIR unset",
-            pytrace=False,
-        )
-    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
-    for name in list(os.environ):
-        if name.startswith("FLAGMETRICS_"):
-            monkeypatch.delenv(name)
 
 
-@pytest.fixture
-def server() -> fakeredis.FakeServer:
-    return fakeredis.FakeServer()
 
 
 def redis_store(server: fakeredis.FakeServer, cls: type[RedisStore] = RedisStore) -> RedisStore:

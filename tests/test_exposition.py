@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 from types import SimpleNamespace
 from typing import Any
 
 import fakeredis
 import pytest
-from prometheus_client import CollectorRegistry, values
+from prometheus_client import CollectorRegistry
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -18,21 +17,11 @@ from flagmetrics import PrometheusExporter, RedisStore, StoreError
 from flagmetrics.exposition import render, render_snapshot
 from flagmetrics.stores.base import Batch, FlagStats, Snapshot
 
+pytestmark = pytest.mark.usefixtures("clean_env")
+
 OPENMETRICS = "application/openmetrics-text; version=1.0.0"
 
 
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    if getattr(values.ValueClass, "_multiprocess", False):
-        pytest.fail(
-            "prometheus_client was imported in multiprocess mode: run these tests with "
-            "PROMETHEUS_MULTIPROC_DIR unset",
-            pytrace=False,
-        )
-    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
-    for name in list(os.environ):
-        if name.startswith("FLAGMETRICS_"):
-            monkeypatch.delenv(name)
 
 
 class BrokenStore:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import os
 import time
 from types import SimpleNamespace
 from typing import Any
@@ -13,32 +12,19 @@ import fakeredis
 import pytest
 from litestar import Litestar, Request, get
 from litestar.testing import TestClient
-from prometheus_client import CollectorRegistry, values
+from prometheus_client import CollectorRegistry
 
 from flagmetrics import ConfigurationError, PrometheusExporter, RedisStore, Settings
 from flagmetrics.litestar import FlagMetricsPlugin
 from flagmetrics.stores.base import Snapshot
 
+pytestmark = pytest.mark.usefixtures("clean_env")
+
 OPENMETRICS = "application/openmetrics-text; version=1.0.0"
 
 
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    if getattr(values.ValueClass, "_multiprocess", False):
-        pytest.fail(
-            "prometheus_client was imported in multiprocess mode: run these tests with "
-            "PROMETHEUS_MULTIPROC_DIR unset",
-            pytrace=False,
-        )
-    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
-    for name in list(os.environ):
-        if name.startswith("FLAGMETRICS_"):
-            monkeypatch.delenv(name)
 
 
-@pytest.fixture
-def server() -> fakeredis.FakeServer:
-    return fakeredis.FakeServer()
 
 
 def make_exporter(server: fakeredis.FakeServer, **kwargs: Any) -> PrometheusExporter:

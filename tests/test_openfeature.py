@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import os
 import sys
 import threading
 import uuid
@@ -24,6 +23,8 @@ from prometheus_client import CollectorRegistry
 from flagmetrics import LocalStore, PrometheusExporter
 from flagmetrics.openfeature import MetricsHook, install
 from flagmetrics.stores.base import FlagStats
+
+pytestmark = pytest.mark.usefixtures("clean_env")
 
 EVALUATIONS = "feature_flag_evaluations_total"
 ERRORS = "feature_flag_evaluation_errors_total"
@@ -71,12 +72,6 @@ class FatalProvider(InMemoryProvider):
         raise ProviderFatalError("no backend")
 
 
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
-    for name in list(os.environ):
-        if name.startswith("FLAGMETRICS_"):
-            monkeypatch.delenv(name)
 
 
 @pytest.fixture(autouse=True)
