@@ -212,8 +212,7 @@ class LocalStore:
             except OSError as exc:
                 raise StoreError(f"could not open {filename!r}: {exc}", transient=False) from exc
             try:
-                fresh = os.fstat(fd).st_size < _FILE_SIZE
-                if fresh:
+                if os.fstat(fd).st_size < _FILE_SIZE:
                     # Reserve the blocks now so that writing through the map can never fail later.
                     os.posix_fallocate(fd, 0, _FILE_SIZE)
                 buffer = mmap.mmap(fd, _FILE_SIZE)
@@ -221,7 +220,8 @@ class LocalStore:
                 raise StoreError(f"could not map {filename!r}: {exc}", transient=False) from exc
             finally:
                 os.close(fd)
-            if fresh:
+            if buffer[: len(_MAGIC)] != _MAGIC:
+                # New, or left unwritten by a process killed right after creating it.
                 _initialise(buffer, flag_key)
         region = self._files[flag_key] = _FlagFile(buffer)
         return region
@@ -232,7 +232,10 @@ class LocalStore:
             if self._path is None:
                 yield
                 return
-            fd = os.open(os.path.join(self._path, "flagmetrics-state.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fd = os.open(os.path.join(self._path, "flagmetrics-state.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+            except OSError as exc:
+                raise StoreError(f"could not open the state lock in {self._path!r}: {exc}", transient=False) from exc
             try:
                 _flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH, self._lock_timeout_s)
                 yield

@@ -20,8 +20,11 @@ from flagmetrics.stores.base import Batch, FlagStats, Pin, Snapshot
 __all__ = ["RedisStore", "redact_url"]
 
 # Applies one worker batch unless this (writer, seq) was applied before, so a retried flush
-# after a lost reply never counts twice. Members go to PFADD in chunks to stay within Lua's
-# argument limits.
+# after a lost reply never counts twice. Redis does not undo a script's writes when it fails
+# half-way, so everything that can fail comes first: the hashes' types are checked, then the
+# PFADDs run (a key that is not a HyperLogLog fails there, and adding members again on a retry
+# is harmless), and only then are counts added.
+# Members go to PFADD in chunks to stay within Lua's argument limits.
 # KEYS: seq key, totals hash, errors hash, pins hash, then one HyperLogLog key per flag.
 # ARGV: seq, seq ttl (s), number of flags, number of pins, then per flag: key, total, errors,
 #       member count, members...; then per pin: key, json.
@@ -29,12 +32,16 @@ _FLUSH_LUA = """
 local seq = tonumber(ARGV[1])
 local last = tonumber(redis.call('GET', KEYS[1]) or '-1')
 if seq <= last then return 0 end
+for k = 2, 4 do
+  local kind = redis.call('TYPE', KEYS[k]).ok
+  if kind ~= 'none' and kind ~= 'hash' then
+    return redis.error_reply('WRONGTYPE ' .. KEYS[k] .. ' holds a ' .. kind .. ', not a hash')
+  end
+end
 local i = 5
 for f = 1, tonumber(ARGV[3]) do
-  local flag, total, errors, n = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])
+  local n = tonumber(ARGV[i + 3])
   i = i + 4
-  if total > 0 then redis.call('HINCRBY', KEYS[2], flag, total) end
-  if errors > 0 then redis.call('HINCRBY', KEYS[3], flag, errors) end
   local done = 0
   while done < n do
     local step = math.min(n - done, 512)
@@ -43,12 +50,31 @@ for f = 1, tonumber(ARGV[3]) do
   end
   i = i + n
 end
+i = 5
+for f = 1, tonumber(ARGV[3]) do
+  local flag, total, errors, n = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])
+  if total > 0 then redis.call('HINCRBY', KEYS[2], flag, total) end
+  if errors > 0 then redis.call('HINCRBY', KEYS[3], flag, errors) end
+  i = i + 4 + n
+end
 for p = 1, tonumber(ARGV[4]) do
   redis.call('HSET', KEYS[4], ARGV[i], ARGV[i + 1])
   i = i + 2
 end
 redis.call('SET', KEYS[1], seq, 'EX', tonumber(ARGV[2]))
 return 1
+"""
+
+# Deletes every flag's state at once: the flags named in the totals and pins hashes, their
+# HyperLogLogs (ARGV[1] is the HyperLogLog key prefix) and the hashes. Batch sequence keys stay,
+# so a batch delivered again after the reset is still recognised.
+# KEYS: totals hash, errors hash, pins hash.
+_RESET_LUA = """
+local names = redis.call('HKEYS', KEYS[1])
+for _, name in ipairs(redis.call('HKEYS', KEYS[3])) do table.insert(names, name) end
+for _, name in ipairs(names) do redis.call('DEL', ARGV[1] .. name) end
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+return #names
 """
 
 # PFCOUNT of every key given, in one command: a thousand flags cost one reply, not a thousand.
@@ -82,6 +108,7 @@ class RedisStore:
         self._pins = f"{key_prefix}:pins"
         self._flush = client.register_script(_FLUSH_LUA)
         self._count = client.register_script(_COUNT_LUA)
+        self._reset_all = client.register_script(_RESET_LUA)
 
     @classmethod
     def from_url(
@@ -185,10 +212,7 @@ class RedisStore:
         """Delete one flag's state, or every flag's."""
         try:
             if flag_key is None:
-                names = set(await self._client.hkeys(self._totals))
-                names |= set(await self._client.hkeys(self._pins))
-                hlls = [self.hll_key(_text(name)) for name in names]
-                await self._client.delete(self._totals, self._errors, self._pins, *hlls)
+                await self._reset_all(keys=[self._totals, self._errors, self._pins], args=[self.hll_key("")])
                 return
             async with self._client.pipeline(transaction=True) as pipe:
                 pipe.delete(self.hll_key(flag_key))
