@@ -55,9 +55,13 @@ class Flusher:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="flagmetrics-flusher")
 
     async def flush(self) -> None:
-        """Deliver the batch left in flight, then everything buffered; raise `StoreError` on failure."""
+        """Deliver the batch left in flight, then everything buffered; raise `StoreError` on failure.
+
+        One round trip per flush, two when a batch left by a failed flush goes first.
+        """
         async with self._lock:
-            for _ in range(2):
+            retrying = self._buffer.in_flight is not None
+            for _ in range(2 if retrying else 1):
                 batch = self._buffer.in_flight or self._buffer.cut(self._hash_key)
                 if batch is None:
                     return
