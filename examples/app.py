@@ -16,6 +16,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from litestar import Litestar, get
+from litestar.di import Provide
 from litestar_flags import EvaluationContext, FeatureFlagClient
 from litestar_flags.models import FeatureFlag, FlagRule, FlagVariant
 from litestar_flags.storage.memory import MemoryStorageBackend
@@ -72,21 +73,10 @@ def example_flags() -> list[FeatureFlag]:
     ]
 
 
-exporter = PrometheusExporter()
-storage = MemoryStorageBackend()
-flags = instrument(FeatureFlagClient(storage=storage, analytics_collector=exporter), exporter)
-
-
-@asynccontextmanager
-async def seeded_flags(app: Litestar) -> AsyncIterator[None]:
-    """Load the example flags into this worker's in-memory storage."""
-    for flag in example_flags():
-        await storage.create_flag(flag)
-    yield
-
-
 @get("/evaluate/{flag_key:str}")
-async def evaluate(flag_key: str, user: str | None = None, plan: str = "free", kind: str = "json") -> dict[str, Any]:
+async def evaluate(
+    flags: FeatureFlagClient, flag_key: str, user: str | None = None, plan: str = "free", kind: str = "json"
+) -> dict[str, Any]:
     """Evaluate one flag for a user; `kind` is the type the caller expects (bool, string or json)."""
     context = EvaluationContext(targeting_key=user, attributes={"plan": plan})
     if kind == "bool":
@@ -106,7 +96,7 @@ async def evaluate(flag_key: str, user: str | None = None, plan: str = "free", k
 
 
 @get("/")
-async def index(user: str | None = None, plan: str = "free") -> dict[str, Any]:
+async def index(flags: FeatureFlagClient, user: str | None = None, plan: str = "free") -> dict[str, Any]:
     """A page that evaluates every example flag for one user."""
     context = EvaluationContext(targeting_key=user, attributes={"plan": plan})
     return {
@@ -117,8 +107,30 @@ async def index(user: str | None = None, plan: str = "free") -> dict[str, Any]:
     }
 
 
-app = Litestar(
-    route_handlers=[index, evaluate],
-    lifespan=[seeded_flags],
-    plugins=[FlagMetricsPlugin(exporter)],
-)
+def create_app(exporter: PrometheusExporter | None, collector: Any = None) -> Litestar:
+    """The example app: a real FeatureFlagClient reporting to `exporter`, which serves /metrics.
+
+    Without an exporter the same flags and routes run with `collector` (or none) as litestar-flags'
+    analytics collector and no metrics at all, for comparisons.
+    """
+    storage = MemoryStorageBackend()
+    flags = FeatureFlagClient(storage=storage, analytics_collector=exporter or collector)
+    if exporter is not None:
+        instrument(flags, exporter)
+
+    @asynccontextmanager
+    async def seeded_flags(app: Litestar) -> AsyncIterator[None]:
+        """Load the example flags into this worker's in-memory storage."""
+        for flag in example_flags():
+            await storage.create_flag(flag)
+        yield
+
+    return Litestar(
+        route_handlers=[index, evaluate],
+        dependencies={"flags": Provide(lambda: flags, sync_to_thread=False)},
+        lifespan=[seeded_flags],
+        plugins=[FlagMetricsPlugin(exporter)] if exporter is not None else [],
+    )
+
+
+app = create_app(PrometheusExporter())
