@@ -1,0 +1,1 @@
+"""Benchmark suite of flagmetrics: `python -m benchmarks` (see benchmarks/README.md)."""

@@ -1,0 +1,371 @@
+"""Section 5, end to end: requests per second of the example app under gunicorn, exporter on vs off.
+
+gunicorn masters from the repository's gunicorn.conf.py, each with 2 uvicorn workers
+(WEB_CONCURRENCY=2) on a free loopback port and its own fresh PROMETHEUS_MULTIPROC_DIR:
+  on (LocalStore)    examples.app:app (FlagMetricsPlugin, the default store),
+  on (RedisStore)    examples.app:app with FLAGMETRICS_REDIS_URL pointing at our redis-server,
+  off                benchmarks.app_off:app (same flags and handlers, no exporter, no collector),
+  no-op collector    benchmarks.app_off:app with BENCH_COLLECTOR=noop (litestar-flags builds its
+                     events, the collector drops them: the cost any collector pays),
+  reference exporter benchmarks.app_off:app with BENCH_COLLECTOR=reference (litestar-flags 0.2.2's).
+They run side by side; wrk (`-t2 -c32`, benchmarks/wrk_users.lua varying the user over 100,000
+ids) loads one at a time, in rotated order, several rounds, so drift hits all alike. Each server
+gets a warm-up run first. Overhead = 1 - rps(config) / rps(off), on medians. Because wrk, the
+servers and whatever else runs on the machine share 2 cores, the CPU time the two workers spent
+per request (utime + stime from /proc, redis-server's added for the Redis store) is recorded too:
+it hardly depends on how busy the machine is, so its overhead is the steadier figure.
+
+In-process breakdown (`--inprocess`, no HTTP, much less noise): the example's page (4 flag
+evaluations for one user) through FeatureFlagClients that differ only in the collector, in turns
+(rotated each round); flagmetrics' time includes an `await flush()` of its round's buffer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from benchmarks._common import (
+    BENCH,
+    LOOPBACK,
+    PYTHON,
+    REPO,
+    clean_env,
+    free_port,
+    log,
+    median,
+    now_iso,
+    redis_server,
+    run_json,
+    stop_process,
+    temp_dir,
+    wait_until,
+)
+
+WRK_SCRIPT = BENCH / "wrk_users.lua"
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Server:
+    name: str
+    app: str
+    port: int
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    workers: list[int] = field(default_factory=list)
+    extra_pids: list[int] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    def worker_pids(self) -> list[int]:
+        found: list[int] = []
+        for task in Path(f"/proc/{self.proc.pid}/task").glob("*/children"):
+            with contextlib.suppress(OSError):
+                found += [int(p) for p in task.read_text().split()]
+        return found
+
+
+def _cpu_ms(pids: list[int]) -> float:
+    """CPU milliseconds (user + system) spent so far by these processes."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+    return total * 1000.0 / CLOCK_TICKS
+
+
+def _get(url: str, timeout_s: float = 5.0) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:  # noqa: S310 - our loopback server
+            return int(response.status), response.read()
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), exc.read()
+
+
+@contextlib.contextmanager
+def _gunicorn(name: str, app: str, workdir: Path, **env: str) -> Iterator[Server]:
+    port = free_port()
+    multiproc = workdir / f"multiproc-{port}"
+    log_path = workdir / f"gunicorn-{port}.log"
+    environ = clean_env(
+        BIND=f"{LOOPBACK}:{port}", WEB_CONCURRENCY="2", PROMETHEUS_MULTIPROC_DIR=str(multiproc), **env
+    )
+    with log_path.open("wb") as out:
+        proc = subprocess.Popen(
+            [PYTHON, "-m", "gunicorn", "-c", str(REPO / "gunicorn.conf.py"), app],
+            cwd=REPO, env=environ, stdout=out, stderr=subprocess.STDOUT,
+        )
+    server = Server(name=name, app=app, port=port, proc=proc, log_path=log_path)
+    workers: list[int] = []
+    try:
+        wait_until(
+            lambda: len(server.worker_pids()) == 2 and _get(f"{server.url}/?user=warm")[0] == 200,
+            60,
+            f"gunicorn {name} on {port} (log {log_path})",
+        )
+        workers = server.workers = server.worker_pids()
+        yield server
+    finally:
+        stop_process(proc, timeout_s=20)
+        for pid in workers:  # a worker the master could not reap in time
+            if Path(f"/proc/{pid}").exists():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+
+
+def _wrk(url: str, seconds: float, connections: int = 32, threads: int = 2) -> dict[str, Any]:
+    args = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds:g}s", "-s", str(WRK_SCRIPT), url]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=seconds + 60, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"wrk failed ({done.returncode}): {done.stdout}{done.stderr}")
+    match = re.search(r"^JSON (\{.*\})$", done.stdout, re.MULTILINE)
+    if match is None:
+        raise RuntimeError(f"wrk printed no summary:\n{done.stdout}")
+    result: dict[str, Any] = json.loads(match.group(1))
+    result["rps"] = result["requests"] / (result["duration_us"] / 1e6)
+    return result
+
+
+def _evaluations_total(server: Server) -> float:
+    status, body = _get(f"{server.url}/metrics", timeout_s=10)
+    if status != 200:
+        return -1.0
+    from prometheus_client.parser import text_string_to_metric_families  # the orchestrator's own use
+
+    total = 0.0
+    for family in text_string_to_metric_families(body.decode()):
+        if family.name == "feature_flag_evaluations":
+            total += sum(s.value for s in family.samples if s.name.endswith("_total"))
+    return total
+
+
+def run(*, quick: bool) -> dict[str, Any]:
+    if shutil.which("wrk") is None:
+        raise RuntimeError("wrk is not installed (apt-get install wrk)")
+    rounds, seconds, warmup = (1, 1.0, 1.0) if quick else (8, 4.0, 2.0)
+    runs: dict[str, list[dict[str, Any]]] = {}
+    checks: dict[str, Any] = {}
+    with redis_server() as redis, temp_dir("e2e") as workdir, contextlib.ExitStack() as stack:
+        configs = [
+            ("on (LocalStore)", "examples.app:app", {}),
+            ("on (RedisStore)", "examples.app:app", {"FLAGMETRICS_REDIS_URL": redis.url}),
+            ("off", "benchmarks.app_off:app", {}),
+            ("no-op collector", "benchmarks.app_off:app", {"BENCH_COLLECTOR": "noop"}),
+            ("reference exporter", "benchmarks.app_off:app", {"BENCH_COLLECTOR": "reference"}),
+        ]
+        if quick:  # the smoke run starts only the two that the target compares
+            configs = [c for c in configs if c[0] in ("on (LocalStore)", "off")]
+        servers = [stack.enter_context(_gunicorn(name, app, workdir, **env)) for name, app, env in configs]
+        for server in servers:
+            if server.name == "on (RedisStore)" and redis.proc is not None:
+                server.extra_pids = [redis.proc.pid]  # its Lua work runs on the same 2 cores
+        log(f"e2e: {len(servers)} gunicorn masters x 2 uvicorn workers up; {rounds} rounds of {seconds:g} s")
+        for server in servers:
+            _wrk(f"{server.url}/", warmup)
+            runs[server.name] = []
+        for r in range(rounds):
+            shift = r % len(servers)
+            for server in servers[shift:] + servers[:shift]:
+                before_workers, before_extra = _cpu_ms(server.workers), _cpu_ms(server.extra_pids)
+                result = _wrk(f"{server.url}/", seconds)
+                workers_ms = _cpu_ms(server.workers) - before_workers
+                extra_ms = _cpu_ms(server.extra_pids) - before_extra
+                result["cpu_ms_per_request"] = (workers_ms + extra_ms) / max(result["requests"], 1)
+                result["redis_cpu_ms_per_request"] = extra_ms / max(result["requests"], 1)
+                runs[server.name].append(result)
+                log(
+                    f"e2e: round {r + 1}, {server.name}: {result['rps']:.0f} req/s, "
+                    f"{result['cpu_ms_per_request'] * 1000:.0f} µs CPU/request"
+                )
+        time.sleep(1.5)  # let the flushers deliver before the sanity scrape
+        for server in servers:
+            sent = sum(x["requests"] for x in runs[server.name])
+            checks[server.name] = {
+                "metrics_evaluations_total": _evaluations_total(server),
+                "requests_measured": sent,
+                "non2xx": sum(x["non2xx"] for x in runs[server.name]),
+                "socket_errors": sum(x["socket_errors"] for x in runs[server.name]),
+                "metrics_status": _get(f"{server.url}/metrics")[0],
+            }
+    with temp_dir("inproc") as directory:
+        log("e2e: in-process breakdown of a page (4 evaluations) by collector")
+        inprocess = run_json(
+            [PYTHON, "-m", "benchmarks.e2e", "--inprocess", "--pages", "200" if quick else "300",
+             "--rounds", "1" if quick else "40"],
+            env=clean_env(PROMETHEUS_MULTIPROC_DIR=str(directory)),
+            timeout_s=300,
+        )
+    summary: dict[str, Any] = {}
+    off = median([x["rps"] for x in runs["off"]])
+    off_cpu = median([x["cpu_ms_per_request"] for x in runs["off"]])
+    for name, results in runs.items():
+        rps = median([x["rps"] for x in results])
+        cpu = median([x["cpu_ms_per_request"] for x in results])
+        summary[name] = {
+            "rps_median": rps,
+            "rps_all": [x["rps"] for x in results],
+            "cpu_us_per_request_median": cpu * 1000,
+            "cpu_us_per_request_all": [x["cpu_ms_per_request"] * 1000 for x in results],
+            "redis_cpu_us_per_request_median": median([x["redis_cpu_ms_per_request"] for x in results]) * 1000,
+            "cpu_overhead_pct": (cpu / off_cpu - 1) * 100 if name != "off" else 0.0,
+            "latency_p50_us_median": median([x["latency_p50_us"] for x in results]),
+            "latency_p99_us_median": median([x["latency_p99_us"] for x in results]),
+            "overhead_pct": (1 - rps / off) * 100 if name != "off" else 0.0,
+        }
+    return {
+        "section": "e2e",
+        "date": now_iso(),
+        "quick": quick,
+        "rounds": rounds,
+        "seconds": seconds,
+        "wrk": f"wrk -t2 -c32 -d{seconds:g}s -s benchmarks/wrk_users.lua http://127.0.0.1:PORT/",
+        "summary": summary,
+        "checks": checks,
+        "inprocess": inprocess,
+    }
+
+
+async def _inprocess(pages: int, rounds: int) -> dict[str, Any]:
+    """Microseconds per page (4 evaluations) for each collector; run with PROMETHEUS_MULTIPROC_DIR set."""
+    import asyncio
+
+    from litestar_flags import EvaluationContext, FeatureFlagClient
+    from litestar_flags.analytics.exporters.prometheus import PrometheusExporter as Reference
+    from litestar_flags.storage.memory import MemoryStorageBackend
+    from prometheus_client import CollectorRegistry
+
+    from benchmarks.app_off import NoopCollector
+    from examples.app import example_flags
+    from flagmetrics import PrometheusExporter
+    from flagmetrics.litestar_flags import instrument
+
+    # As examples/app.py builds it, in a registry of its own (importing the example made one too).
+    example_exporter = PrometheusExporter(registry=CollectorRegistry())
+
+    async def client(collector: Any, instrumented: bool = False) -> Any:
+        storage = MemoryStorageBackend()
+        for flag in example_flags():
+            await storage.create_flag(flag)
+        made = FeatureFlagClient(storage=storage, analytics_collector=collector)
+        if instrumented:
+            instrument(made, example_exporter)
+        return made
+
+    await example_exporter.start()
+    clients = {
+        "off": await client(None),
+        "no-op collector": await client(NoopCollector()),
+        "reference exporter": await client(Reference(registry=CollectorRegistry())),
+        "flagmetrics (as examples/app.py: collector + instrument)": await client(example_exporter, True),
+    }
+    instrumented = clients["flagmetrics (as examples/app.py: collector + instrument)"]
+
+    async def page(flags: Any, user: str, plan: str) -> None:
+        context = EvaluationContext(targeting_key=user, attributes={"plan": plan})
+        await flags.get_boolean_value("new_checkout", default=False, context=context)
+        await flags.get_object_value("button_color", default={}, context=context)
+        await flags.get_object_value("search_ranking", default={}, context=context)
+        await flags.get_boolean_value("legacy_banner", default=False, context=context)
+
+    times: dict[str, list[float]] = {name: [] for name in clients}
+    names = list(clients)
+    for r in range(rounds + 1):  # round 0 warms up
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            flags = clients[name]
+            t0 = time.perf_counter_ns()
+            for i in range(pages):
+                n = r * pages + i
+                await page(flags, f"u{n}", "premium" if n % 10 == 0 else "free")
+                if i % 10 == 9:
+                    await asyncio.sleep(0)
+            if flags is instrumented:
+                # This round's share of shipping the buffer to the store is flagmetrics' cost.
+                await example_exporter.flush()
+            if r:
+                times[name].append((time.perf_counter_ns() - t0) / 1000 / pages)
+    profiled = await _profile_pages(
+        page, instrumented, noop=clients["no-op collector"], pages=max(pages * 10, 1000)
+    )
+    await example_exporter.close()
+    return {"pages": pages, "rounds": rounds, "us_per_page": times,
+            "median_us_per_page": {k: median(v) for k, v in times.items()}, "profile": profiled}
+
+
+# Functions whose cumulative time per page says where flagmetrics' extra time goes.
+_WATCHED = (
+    ("litestar_flags/engine.py", "_record_analytics",
+     "litestar-flags `_record_analytics` (builds the event, awaits the collector)"),
+    ("flagmetrics/exporter.py", "record", "flagmetrics `PrometheusExporter.record` (whole)"),
+    ("prometheus_client/values.py", "inc", "of which prometheus_client value writes (`values.inc`)"),
+    ("flagmetrics/buffer.py", "add", "of which `Buffer.add`"),
+    ("flagmetrics/litestar_flags.py", "_evaluate",
+     "flagmetrics `instrument` wrapper (whole, includes the evaluation)"),
+    ("litestar_flags/client.py", "_evaluate", "litestar-flags `FeatureFlagClient._evaluate` (whole evaluation)"),
+    ("flagmetrics/flusher.py", "flush", "flagmetrics `Flusher.flush` (hash + push)"),
+    ("flagmetrics/buffer.py", "cut", "of which `Buffer.cut` (BLAKE2b of the user ids, on the loop)"),
+)
+
+
+async def _profile_pages(page: Any, flagmetrics: Any, *, noop: Any, pages: int) -> dict[str, Any]:
+    """cProfile `pages` pages through the flagmetrics client (and the no-op one): µs per page per function."""
+    import asyncio
+    import cProfile
+    import pstats
+
+    out: dict[str, Any] = {"pages": pages}
+    for label, flags in (("flagmetrics", flagmetrics), ("no-op collector", noop)):
+        profile = cProfile.Profile()
+        profile.enable()
+        for i in range(pages):
+            await page(flags, f"p{i}", "free")
+            if i % 10 == 9:
+                await asyncio.sleep(0)
+        if flags is flagmetrics:
+            await flagmetrics.analytics_collector.flush()
+        profile.disable()
+        raw = pstats.Stats(profile).stats  # type: ignore[attr-defined]
+        total = sum(v[2] for v in raw.values())
+        rows = []
+        for suffix, name, label_text in _WATCHED:
+            cum = sum(v[3] for (f, _l, n), v in raw.items() if f.endswith(suffix) and n == name)
+            rows.append([label_text, cum / pages * 1e6])
+        out[label] = {"total_us_per_page": total / pages * 1e6, "functions_us_per_page": rows}
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+    import asyncio
+    import os
+    import sys
+
+    from benchmarks._common import emit
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--inprocess", action="store_true", required=True)
+    parser.add_argument("--pages", type=int, default=300)
+    parser.add_argument("--rounds", type=int, default=40)
+    args = parser.parse_args(argv)
+    if "prometheus_client" in sys.modules or not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        raise SystemExit("run me with PROMETHEUS_MULTIPROC_DIR set, before prometheus_client is imported")
+    emit(asyncio.run(_inprocess(args.pages, args.rounds)))
+
+
+if __name__ == "__main__":
+    main()

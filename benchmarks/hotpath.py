@@ -1,0 +1,235 @@
+"""Section 1, hot path: microseconds per `await record(event)` in a multiprocess worker.
+
+Every candidate runs in its own subprocess with a fresh PROMETHEUS_MULTIPROC_DIR set before
+prometheus_client is imported, on the same stream of litestar-flags `FlagEvaluationEvent`s. The
+orchestrator runs the candidates in turn, several passes in rotated order, so drift of a noisy
+machine hits them alike.
+
+Timed loop, the same for every candidate: `await record(event)` for each event, and an
+`await asyncio.sleep(0)` every 100 events (a request boundary, where the flusher task can run).
+For flagmetrics the flusher is started (default 1 s interval) and, after each timed round, an
+explicit `await exporter.flush()` is timed separately: `flush` is the per-event share of shipping
+that round's buffer to the store (hashing the user ids, the EVALSHA or the locked mmap update).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from benchmarks._common import (
+    PYTHON,
+    LineWorker,
+    clean_env,
+    emit,
+    event_specs,
+    log,
+    median,
+    now_iso,
+    p90,
+    redis_server,
+    temp_dir,
+    to_litestar_events,
+)
+
+CANDIDATES = ("flagmetrics-redis", "flagmetrics-local", "reference", "floor", "harness")
+YIELD_EVERY = 100
+DISTINCT_USERS = 12_000
+
+# -- the measuring subprocess ------------------------------------------------------------------------
+
+
+def _counter_total(metric: Any) -> float:
+    return float(sum(s.value for fam in metric.collect() for s in fam.samples if s.name.endswith("_total")))
+
+
+async def _build(candidate: str, redis_url: str | None) -> tuple[Callable[[Any], Awaitable[None]], Any]:
+    """Return (record, exporter or None) for a candidate; imports happen here, after the env is set."""
+    if candidate.startswith("flagmetrics"):
+        from flagmetrics import LocalStore, PrometheusExporter, RedisStore
+
+        store: Any
+        if candidate == "flagmetrics-redis":
+            assert redis_url
+            store = RedisStore.from_url(redis_url, key_prefix=f"hot{os.getpid()}")
+        else:
+            store = LocalStore(os.environ["PROMETHEUS_MULTIPROC_DIR"])
+        exporter = PrometheusExporter(store=store)
+        await exporter.start()
+        return exporter.record, exporter
+    if candidate == "reference":
+        from litestar_flags.analytics.exporters.prometheus import PrometheusExporter as Reference
+
+        reference = Reference()
+        return reference.record, reference
+    if candidate == "floor":
+        from prometheus_client import Counter, Histogram
+
+        from flagmetrics.metrics import DEFAULT_DURATION_BUCKETS
+
+        counter = Counter("floor_evaluations", "floor", labelnames=("flag_key", "reason", "variant"))
+        histogram = Histogram(
+            "floor_duration_seconds", "floor", labelnames=("flag_key",), buckets=DEFAULT_DURATION_BUCKETS
+        )
+        cache: dict[tuple[str, Any, Any], tuple[Any, Any]] = {}
+
+        async def floor(event: Any) -> None:
+            key = (event.flag_key, event.reason, event.variant)
+            children = cache.get(key)
+            if children is None:
+                children = cache[key] = (
+                    counter.labels(event.flag_key, event.reason.value, event.variant or ""),
+                    histogram.labels(event.flag_key),
+                )
+            children[0].inc()
+            children[1].observe(event.evaluation_duration_ms / 1000.0)
+
+        return floor, counter
+    if candidate == "harness":
+
+        async def nothing(event: Any) -> None:
+            return None
+
+        return nothing, None
+    raise SystemExit(f"unknown candidate {candidate!r}")
+
+
+async def _serve(candidate: str, events_per_round: int, redis_url: str | None) -> dict[str, Any]:
+    """Set up, then run one timed round per `round` line on stdin until `quit`; return the checks."""
+    import prometheus_client.values
+
+    if not getattr(prometheus_client.values.ValueClass, "_multiprocess", False):
+        raise SystemExit("prometheus_client is not in multiprocess mode")
+    pool = max(3 * events_per_round, DISTINCT_USERS)
+    events = to_litestar_events(event_specs(pool, users=DISTINCT_USERS))
+    slices = []
+    for start in range(0, pool, events_per_round):
+        chunk = events[start : start + events_per_round]
+        if len(chunk) == events_per_round:
+            slices.append([chunk[i : i + YIELD_EVERY] for i in range(0, events_per_round, YIELD_EVERY)])
+    record, handle = await _build(candidate, redis_url)
+    flagmetrics = candidate.startswith("flagmetrics")
+    sleep = asyncio.sleep
+    perf = time.perf_counter_ns
+
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    emit({"ready": os.getpid()})
+    recorded = 0
+    r = 0
+    while (await reader.readline()).strip() == b"round":
+        # The loop waits on stdin between rounds, so the flusher task runs there as in a server.
+        chunks = slices[r % len(slices)]
+        r += 1
+        t0 = perf()
+        for chunk in chunks:
+            for event in chunk:
+                await record(event)
+            await sleep(0)
+        t1 = perf()
+        recorded += events_per_round
+        if flagmetrics:
+            await handle.flush()
+        t2 = perf()
+        n = events_per_round
+        emit({"record_us": (t1 - t0) / 1e3 / n, "flush_us": (t2 - t1) / 1e3 / n})
+    result: dict[str, Any] = {"candidate": candidate, "pid": os.getpid(), "recorded": recorded}
+    if flagmetrics:
+        result["counted"] = _counter_total(handle.evaluations_counter)
+        result["dropped"] = _counter_total(handle.metrics.dropped_events)
+        snapshot = await handle.fleet_snapshot()
+        result["store_events"] = sum(s.total for s in snapshot.flags.values()) if snapshot else None
+        await handle.close()
+    elif candidate == "reference":
+        result["counted"] = _counter_total(handle.evaluations_counter)
+    elif candidate == "floor":
+        result["counted"] = _counter_total(handle)
+    return result
+
+
+# -- the orchestrator -------------------------------------------------------------------------------------
+
+
+def run(*, quick: bool) -> dict[str, Any]:
+    """Start every candidate in its own subprocess, then run their rounds in turn (lockstep)."""
+    rounds, per_round = (3, 2_000) if quick else (25, 20_000)
+    samples: dict[str, dict[str, list[float]]] = {c: {"record_us": [], "flush_us": []} for c in CANDIDATES}
+    checks: dict[str, dict[str, Any]] = {}
+    round_timeout_s = 120.0
+    with redis_server() as redis, contextlib.ExitStack() as stack:
+        workers: dict[str, LineWorker] = {}
+        for candidate in CANDIDATES:
+            directory = stack.enter_context(temp_dir("hot"))
+            worker = LineWorker(
+                [
+                    PYTHON, "-m", "benchmarks.hotpath", "--worker", candidate,
+                    "--events", str(per_round), "--redis-url", redis.url,
+                ],
+                clean_env(PROMETHEUS_MULTIPROC_DIR=str(directory)),
+                name=f"hot path worker {candidate}",
+            )
+            stack.callback(worker.close)
+            workers[candidate] = worker
+        for worker in workers.values():
+            worker.request(None, timeout_s=60)  # "ready" after imports and set-up
+        log(f"hot path: {len(workers)} candidates ready; {rounds} rounds x {per_round} events, in turn")
+        for r in range(rounds + 1):  # round 0 warms up every candidate and is not reported
+            shift = r % len(CANDIDATES)
+            for candidate in CANDIDATES[shift:] + CANDIDATES[:shift]:
+                out = workers[candidate].request("round", timeout_s=round_timeout_s)
+                if r:
+                    samples[candidate]["record_us"].append(out["record_us"])
+                    samples[candidate]["flush_us"].append(out["flush_us"])
+        for candidate, worker in workers.items():
+            checks[candidate] = worker.request("quit", timeout_s=60)
+        redis_version = redis.version()
+    summary: dict[str, dict[str, float | None]] = {}
+    for candidate, s in samples.items():
+        rec = s["record_us"]
+        fl = s["flush_us"] if candidate.startswith("flagmetrics") else []
+        totals = [a + b for a, b in zip(rec, fl, strict=True)] if fl else rec
+        summary[candidate] = {
+            "record_median_us": median(rec),
+            "record_p90_us": p90(rec),
+            "flush_median_us": median(fl) if fl else None,
+            "total_median_us": median(totals),
+            "total_p90_us": p90(totals),
+        }
+    return {
+        "section": "hotpath",
+        "date": now_iso(),
+        "quick": quick,
+        "rounds": rounds,
+        "events_per_round": per_round,
+        "distinct_users": DISTINCT_USERS,
+        "yield_every": YIELD_EVERY,
+        "redis_version": redis_version,
+        "samples": samples,
+        "summary": summary,
+        "checks": checks,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--worker", choices=CANDIDATES, required=True)
+    parser.add_argument("--events", type=int, default=20_000)
+    parser.add_argument("--redis-url")
+    args = parser.parse_args(argv)
+    if not Path(os.environ.get("PROMETHEUS_MULTIPROC_DIR") or "/nonexistent").is_dir():
+        raise SystemExit("run me with PROMETHEUS_MULTIPROC_DIR set to an existing directory")
+    if "prometheus_client" in sys.modules:
+        raise SystemExit("prometheus_client was imported before the multiprocess directory was set")
+    emit(asyncio.run(_serve(args.worker, args.events, args.redis_url)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,198 @@
+"""Hot-path profile: where the time of `await record(event)` goes, and what a flush costs per user.
+
+One subprocess (fresh PROMETHEUS_MULTIPROC_DIR), flagmetrics exporter with a LocalStore, flusher
+started. cProfile is enabled only around the record loops (about 1,000,000 `await record(event)`
+in rounds of 20,000 events of the hot-path stream); the explicit flush after each round runs with
+the profiler off. cProfile adds a fixed cost per Python call, so shares of tiny functions are
+inflated; the unprofiled microseconds per event are measured too, in the same process.
+
+The flush path is broken down with flagmetrics' own functions on real data (20,000 distinct user
+ids over 10 flags, as a round leaves them): hashing (`buffer.digest_users`), the LocalStore sketch
+update (`sketch.add`), a whole `LocalStore.push` and a whole `RedisStore.push` of the same batch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import os
+import pstats
+import sys
+import time
+from typing import Any
+
+from benchmarks._common import (
+    PYTHON,
+    clean_env,
+    emit,
+    event_specs,
+    log,
+    median,
+    now_iso,
+    redis_server,
+    run_json,
+    temp_dir,
+    to_litestar_events,
+)
+
+ROUND = 20_000
+
+
+def _where(filename: str) -> str:
+    if "/flagmetrics/" in filename:
+        return "flagmetrics"
+    if "/prometheus_client/" in filename:
+        return "prometheus_client"
+    if filename.startswith("~") or filename == "":
+        return "builtins"
+    if "/benchmarks/" in filename:
+        return "benchmark loop"
+    return "other"
+
+
+def _short(filename: str) -> str:
+    for marker in ("/src/", "/site-packages/", "/lib/python3"):
+        if marker in filename:
+            return filename.split(marker, 1)[1]
+    return filename
+
+
+def _summarise(profile: cProfile.Profile, calls: int, top: int = 18) -> dict[str, Any]:
+    stats = pstats.Stats(profile)
+    raw: dict[tuple[str, int, str], tuple[int, int, float, float, Any]] = stats.stats  # type: ignore[attr-defined]
+    total = sum(v[2] for v in raw.values())
+    rows = []
+    for (filename, line, name), (_cc, ncalls, tottime, cumtime, _callers) in raw.items():
+        rows.append({
+            "function": f"{_short(filename)}:{line}({name})" if filename != "~" else name,
+            "where": _where(filename),
+            "ncalls": ncalls,
+            "calls_per_event": ncalls / calls,
+            "tottime_s": tottime,
+            "cumtime_s": cumtime,
+            "share_pct": tottime / total * 100 if total else 0.0,
+        })
+    rows.sort(key=lambda r: r["tottime_s"], reverse=True)
+    # Group own time by package, charging built-ins (getpid, struct.pack, lock exits...) to their callers.
+    groups: dict[str, float] = {}
+    for (filename, _line, _name), (_cc, _nc, tottime, _ct, callers) in raw.items():
+        if filename == "~" and callers:
+            spent = sum(c[2] for c in callers.values()) or 1.0
+            for caller, c in callers.items():
+                where = _where(caller[0])
+                groups[where] = groups.get(where, 0.0) + tottime * c[2] / spent / total * 100
+        else:
+            where = _where(filename)
+            groups[where] = groups.get(where, 0.0) + tottime / total * 100
+    return {"total_s": total, "top": rows[:top], "by_package_pct": groups}
+
+
+async def _measure(events_total: int, redis_url: str) -> dict[str, Any]:
+    from flagmetrics import LocalStore, PrometheusExporter, RedisStore, sketch
+    from flagmetrics.buffer import digest_users
+    from flagmetrics.stores.base import Batch, FlagDelta
+
+    directory = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    events = to_litestar_events(event_specs(3 * ROUND, users=12_000))
+    rounds = [events[i : i + ROUND] for i in range(0, len(events), ROUND)]
+    exporter = PrometheusExporter(store=LocalStore(directory))
+    await exporter.start()
+    record = exporter.record
+    sleep = asyncio.sleep
+    for event in rounds[0]:  # warm-up: series created, files mapped
+        await record(event)
+    await exporter.flush()
+
+    async def loop(batch: list[Any]) -> None:
+        for i in range(0, len(batch), 100):
+            for event in batch[i : i + 100]:
+                await record(event)
+            await sleep(0)
+
+    # Unprofiled, in turns with the profiled rounds below: microseconds per event.
+    plain: list[float] = []
+    profile = cProfile.Profile()
+    profiled_events = 0
+    n = 0
+    while profiled_events < events_total:
+        batch = rounds[n % len(rounds)]
+        n += 1
+        t0 = time.perf_counter_ns()
+        await loop(batch)
+        plain.append((time.perf_counter_ns() - t0) / 1e3 / len(batch))
+        await exporter.flush()
+        profile.enable()
+        await loop(batch)
+        profile.disable()
+        profiled_events += len(batch)
+        await exporter.flush()
+    await exporter.close()
+    summary = _summarise(profile, profiled_events)
+
+    # The flush path, piece by piece, on one round's worth of distinct users.
+    users = [f"user-{i:06d}" for i in range(ROUND)]
+    per_flag = {f"flag_{f:02d}": users[f::10] for f in range(10)}
+    t0 = time.perf_counter_ns()
+    digests = {k: digest_users(v, b"") for k, v in per_flag.items()}
+    hash_us = (time.perf_counter_ns() - t0) / 1e3 / ROUND
+    registers = bytearray(sketch.REGISTERS)
+    histogram = [0] * sketch.HISTOGRAM_SIZE
+    histogram[0] = sketch.REGISTERS
+    t0 = time.perf_counter_ns()
+    for d in digests.values():
+        sketch.add(registers, histogram, d)
+    sketch_us = (time.perf_counter_ns() - t0) / 1e3 / ROUND
+    batch_flags = {k: FlagDelta(total=len(v), errors=0, members=digests[k]) for k, v in per_flag.items()}
+    pushes: dict[str, list[float]] = {"local": [], "redis": []}
+    local = LocalStore(directory)
+    redis = RedisStore.from_url(redis_url, key_prefix="profile")
+    for seq in range(1, 6):
+        batch = Batch(writer="bench-profile", seq=seq, flags=batch_flags)
+        t0 = time.perf_counter_ns()
+        await local.push(batch)
+        pushes["local"].append((time.perf_counter_ns() - t0) / 1e3 / ROUND)
+        t0 = time.perf_counter_ns()
+        await redis.push(batch)
+        pushes["redis"].append((time.perf_counter_ns() - t0) / 1e3 / ROUND)
+    await local.close()
+    await redis.close()
+    return {
+        "profiled_events": profiled_events,
+        "plain_us_median": median(plain),
+        "profile": summary,
+        "flush_breakdown_us_per_user": [
+            ["`buffer.digest_users` (BLAKE2b; runs in `Buffer.cut`, on the event loop)", hash_us],
+            ["`sketch.add` alone (the LocalStore register update)", sketch_us],
+            ["`LocalStore.push` (thread, directory lock, `sketch.add`)", median(pushes["local"])],
+            ["`RedisStore.push` (argument list + one EVALSHA round trip)", median(pushes["redis"])],
+        ],
+    }
+
+
+def run(*, quick: bool) -> dict[str, Any]:
+    events_total = 20_000 if quick else 1_000_000
+    with redis_server() as redis, temp_dir("prof") as directory:
+        log(f"profile: cProfile over {events_total:,} record() calls")
+        out = run_json(
+            [PYTHON, "-m", "benchmarks.hotprofile", "--worker", "--events", str(events_total),
+             "--redis-url", redis.url],
+            env=clean_env(PROMETHEUS_MULTIPROC_DIR=str(directory)),
+            timeout_s=600,
+        )
+    return {"section": "profile", "date": now_iso(), "quick": quick, **out}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--worker", action="store_true", required=True)
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--redis-url", required=True)
+    args = parser.parse_args(argv)
+    if "prometheus_client" in sys.modules or not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        raise SystemExit("run me with PROMETHEUS_MULTIPROC_DIR set, before prometheus_client is imported")
+    emit(asyncio.run(_measure(args.events, args.redis_url)))
+
+
+if __name__ == "__main__":
+    main()

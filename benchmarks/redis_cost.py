@@ -1,0 +1,219 @@
+"""Section 4, Redis cost: round trips and commands per 1,000 events at several event rates, and the
+sustained events per second one worker can push.
+
+One worker subprocess (fresh PROMETHEUS_MULTIPROC_DIR) with a flagmetrics exporter on a `RedisStore`
+of our own redis-server, flusher at its default 1 s interval. For each rate the worker records
+events paced in 10 ms ticks for a fixed window, then flushes once more.
+
+Counted on both sides:
+  client: every `send_packed_command` of the redis-py connection (a subclass passed as
+          `connection_class`, counting and passing through): one call is one round trip, a
+          pipeline included; sends less than 0.25 s apart are grouped into one flush (the flusher
+          runs once a second), which gives the round trips of each flush;
+  server: `INFO commandstats` deltas over the window (the `info` calls themselves left out);
+          commands run inside the flush script are counted there too (HINCRBY, PFADD, SET, GET).
+Sustained: record continuously (a `sleep(0)` every 100 events) and `await flush()` every
+10,000 events, for both stores; events per second delivered, with the store's totals checked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import time
+from typing import Any, ClassVar
+
+from benchmarks._common import (
+    PYTHON,
+    clean_env,
+    emit,
+    event_specs,
+    log,
+    now_iso,
+    redis_server,
+    run_json,
+    temp_dir,
+    to_litestar_events,
+)
+
+TICK_S = 0.01
+
+
+def _commandstats(client: Any) -> dict[str, int]:
+    stats = client.info("commandstats")
+    return {
+        name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items() if name != "cmdstat_info"
+    }
+
+
+def _bursts(times: list[float], gap_s: float = 0.25) -> list[list[float]]:
+    """Group send times into flushes: sends less than `gap_s` apart belong to the same flush."""
+    groups: list[list[float]] = []
+    for t in times:
+        if groups and t - groups[-1][-1] < gap_s:
+            groups[-1].append(t)
+        else:
+            groups.append([t])
+    return groups
+
+
+def _delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    return {k: after.get(k, 0) - before.get(k, 0) for k in after if after.get(k, 0) - before.get(k, 0)}
+
+
+async def _measure(redis_url: str, rates: list[int], window_s: float, sustain_s: float) -> dict[str, Any]:
+    import redis as sync_redis
+    from prometheus_client import CollectorRegistry
+    from redis.asyncio.connection import Connection
+
+    from flagmetrics import LocalStore, PrometheusExporter, RedisStore
+
+    class CountingConnection(Connection):
+        """A redis-py connection that counts what it sends; behaviour unchanged."""
+
+        sends = 0
+        payload_bytes = 0
+        times: ClassVar[list[float]] = []
+
+        async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+            CountingConnection.sends += 1
+            CountingConnection.times.append(time.monotonic())
+            if isinstance(command, (bytes, bytearray)):
+                CountingConnection.payload_bytes += len(command)
+            elif not isinstance(command, str):
+                command = list(command)
+                CountingConnection.payload_bytes += sum(len(c) for c in command)
+            await super().send_packed_command(command, check_health)
+
+    admin = sync_redis.Redis.from_url(redis_url)
+    events = to_litestar_events(event_specs(60_000, users=12_000))
+    rate_rows: list[dict[str, Any]] = []
+    for rate in rates:
+        prefix = f"cost{rate}"
+        store = RedisStore.from_url(redis_url, key_prefix=prefix, connection_class=CountingConnection)
+        exporter = PrometheusExporter(CollectorRegistry(), store=store)
+        await exporter.start()
+        await exporter.record(events[0])  # connect, load the script: not part of the window
+        await exporter.flush()
+        before = _commandstats(admin)
+        CountingConnection.sends = CountingConnection.payload_bytes = 0
+        CountingConnection.times = []
+        per_tick = rate * TICK_S
+        owed = 0.0
+        sent = 0
+        started = time.perf_counter()
+        next_tick = started
+        while (now := time.perf_counter()) - started < window_s:
+            owed += per_tick
+            while owed >= 1.0:
+                await exporter.record(events[sent % len(events)])
+                sent += 1
+                owed -= 1.0
+            next_tick += TICK_S
+            await asyncio.sleep(max(next_tick - now, 0.0))
+        elapsed = time.perf_counter() - started
+        await exporter.flush()  # deliver the tail: counted, it is one more flush
+        sends, payload = CountingConnection.sends, CountingConnection.payload_bytes
+        bursts = _bursts(CountingConnection.times)
+        after = _commandstats(admin)
+        stored = sum(int(v) for v in admin.hvals(f"{prefix}:totals")) - 1
+        await exporter.close()
+        server = _delta(before, after)
+        evalsha = server.get("evalsha", 0)
+        rate_rows.append({
+            "target_rate": rate,
+            "events": sent,
+            "seconds": elapsed,
+            "achieved_rate": sent / elapsed,
+            "client_round_trips": sends,
+            "client_bytes": payload,
+            "server_commands": server,
+            "server_total": sum(server.values()),
+            "server_top_level": sum(server.get(k, 0) for k in ("evalsha", "ping", "script", "eval")),
+            "flushes": len(bursts),
+            "round_trips_per_flush": [len(b) for b in bursts],
+            "evalsha": evalsha,
+            "expected_flushes": elapsed / 1.0 + 1,
+            "stored_events": stored,
+        })
+
+    sustained: dict[str, Any] = {}
+    for name in ("redis", "local"):
+        store: Any
+        if name == "redis":
+            store = RedisStore.from_url(redis_url, key_prefix="sustain", connection_class=CountingConnection)
+        else:
+            store = LocalStore(os.environ["PROMETHEUS_MULTIPROC_DIR"])
+        exporter = PrometheusExporter(CollectorRegistry(), store=store)
+        await exporter.start()
+        for event in events[:10_000]:  # warm up series and connections
+            await exporter.record(event)
+        await exporter.flush()
+        first = await exporter.fleet_snapshot()
+        base_total = sum(s.total for s in first.flags.values()) if first else 0
+        CountingConnection.sends = 0
+        sent = 0
+        started = time.perf_counter()
+        while time.perf_counter() - started < sustain_s:
+            for _ in range(100):
+                for _ in range(100):
+                    await exporter.record(events[sent % len(events)])
+                    sent += 1
+                await asyncio.sleep(0)
+            await exporter.flush()
+        elapsed = time.perf_counter() - started
+        round_trips = CountingConnection.sends
+        snap = await exporter.fleet_snapshot()
+        delivered = (sum(s.total for s in snap.flags.values()) if snap else 0) - base_total
+        dropped = sum(
+            s.value for fam in exporter.metrics.dropped_events.collect() for s in fam.samples
+            if s.name.endswith("_total")
+        )
+        await exporter.close()
+        sustained[name] = {
+            "events": sent,
+            "seconds": elapsed,
+            "events_per_s": sent / elapsed,
+            "delivered": delivered,
+            "dropped": dropped,
+            "flushes": sent // 10_000,
+            "round_trips": round_trips if name == "redis" else None,
+        }
+    admin.close()
+    return {"rates": rate_rows, "sustained": sustained}
+
+
+def run(*, quick: bool) -> dict[str, Any]:
+    rates, window_s, sustain_s = ([1_000, 10_000], 1.2, 0.5) if quick else (
+        [100, 1_000, 10_000, 50_000], 5.0, 5.0)
+    with redis_server() as redis, temp_dir("cost") as directory:
+        log(f"redis cost: rates {rates}, {window_s} s each; sustained {sustain_s} s per store")
+        out = run_json(
+            [PYTHON, "-m", "benchmarks.redis_cost", "--worker", "--redis-url", redis.url,
+             "--rates", ",".join(map(str, rates)), "--window", str(window_s), "--sustain", str(sustain_s)],
+            env=clean_env(PROMETHEUS_MULTIPROC_DIR=str(directory)),
+            timeout_s=300,
+        )
+        version = redis.version()
+    return {"section": "redis_cost", "date": now_iso(), "quick": quick, "window_s": window_s,
+            "sustain_s": sustain_s, "redis_version": version, **out}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--worker", action="store_true", required=True)
+    parser.add_argument("--redis-url", required=True)
+    parser.add_argument("--rates", default="100,1000,10000")
+    parser.add_argument("--window", type=float, default=5.0)
+    parser.add_argument("--sustain", type=float, default=5.0)
+    args = parser.parse_args(argv)
+    if "prometheus_client" in sys.modules or not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        raise SystemExit("run me with PROMETHEUS_MULTIPROC_DIR set, before prometheus_client is imported")
+    rates = [int(r) for r in args.rates.split(",")]
+    emit(asyncio.run(_measure(args.redis_url, rates, args.window, args.sustain)))
+
+
+if __name__ == "__main__":
+    main()
