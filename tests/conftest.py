@@ -14,9 +14,10 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 import fakeredis
 import httpx
@@ -26,7 +27,9 @@ from prometheus_client import values
 
 from examples.traffic import Tally, parse_scrape
 from flagmetrics import LocalStore, RedisStore
-from flagmetrics.stores.base import Snapshot
+from flagmetrics.stores.base import Batch, FlagDelta, Pin, Snapshot, Store
+
+StoreT = TypeVar("StoreT", bound=Store)
 
 REPO = Path(__file__).resolve().parent.parent
 LOOPBACK = "127.0.0.1"
@@ -128,6 +131,23 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 def server() -> fakeredis.FakeServer:
     """A fakeredis server for fast unit tests (the real one is `redis_server`)."""
     return fakeredis.FakeServer()
+
+
+def batch(seq: int, flags: dict[str, FlagDelta], pins: dict[str, Pin] | None = None, writer: str = "w") -> Batch:
+    """A store batch from one writer."""
+    return Batch(writer=writer, seq=seq, flags=flags, pins=pins or {})
+
+
+def run_with(store: StoreT, scenario: Callable[[StoreT], Awaitable[Any]]) -> Any:
+    """Run an async scenario against `store`, then close the store."""
+
+    async def main() -> Any:
+        try:
+            return await scenario(store)
+        finally:
+            await store.close()
+
+    return asyncio.run(main())
 
 
 # -- redis-server ------------------------------------------------------------------------------------

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import fcntl
 import glob
@@ -12,9 +11,8 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -22,7 +20,7 @@ from flagmetrics.buffer import digest_users
 from flagmetrics.exceptions import StoreError
 from flagmetrics.stores.base import Batch, FlagDelta, Pin, Snapshot
 from flagmetrics.stores.local import _FILE_SIZE, LocalStore
-from tests.conftest import wait_for
+from tests.conftest import batch, run_with, wait_for
 
 LOCK_FILE = "flagmetrics-state.lock"
 FLAG_FILES = "flagmetrics-flag-*.bin"
@@ -77,20 +75,8 @@ def users(first: int, stop: int) -> frozenset[bytes]:
     return digest_users((f"user-{i}" for i in range(first, stop)), b"")
 
 
-def batch(seq: int, flags: dict[str, FlagDelta], pins: dict[str, Pin] | None = None) -> Batch:
-    return Batch(writer="test", seq=seq, flags=flags, pins=pins or {})
 
 
-def run(store: LocalStore, scenario: Callable[[LocalStore], Awaitable[Any]]) -> Any:
-    """Run an async scenario against `store`, then close the store."""
-
-    async def main() -> Any:
-        try:
-            return await scenario(store)
-        finally:
-            await store.close()
-
-    return asyncio.run(main())
 
 
 def reference_estimate(digests: frozenset[bytes]) -> int:
@@ -100,7 +86,7 @@ def reference_estimate(digests: frozenset[bytes]) -> int:
         await store.push(batch(1, {"f": FlagDelta(1, 0, digests)}))
         return await store.snapshot()
 
-    return run(LocalStore(None), scenario).flags["f"].unique_users
+    return run_with(LocalStore(None), scenario).flags["f"].unique_users
 
 
 @contextlib.contextmanager
@@ -138,7 +124,7 @@ def test_a_batch_gives_exact_totals_and_errors(local_store: LocalStore) -> None:
         await store.push(batch(1, {"a": FlagDelta(1234, 56, users(0, 100)), "b": FlagDelta(7, 0, users(0, 3))}))
         return await store.snapshot()
 
-    flags = run(local_store, scenario).flags
+    flags = run_with(local_store, scenario).flags
     assert {key: (stats.total, stats.errors) for key, stats in flags.items()} == {"a": (1234, 56), "b": (7, 0)}
     assert flags["a"].error_rate == 56 / 1234
     assert flags["b"].error_rate == 0.0
@@ -149,7 +135,7 @@ def test_a_batch_gives_unique_users_within_2_percent(local_store: LocalStore) ->
         await store.push(batch(1, {"a": FlagDelta(20_000, 0, users(0, 20_000))}))
         return await store.snapshot()
 
-    unique = run(local_store, scenario).flags["a"].unique_users
+    unique = run_with(local_store, scenario).flags["a"].unique_users
     assert abs(unique - 20_000) <= 0.02 * 20_000, unique
 
 
@@ -164,7 +150,7 @@ def test_figures_never_decrease_across_pushes(local_store: LocalStore) -> None:
             seen.append((stats.total, stats.errors, stats.unique_users))
         return seen
 
-    seen = run(local_store, scenario)
+    seen = run_with(local_store, scenario)
     for before, after in itertools.pairwise(seen):
         assert all(b <= a for b, a in zip(before, after, strict=True)), (before, after)
     assert seen[-1][0] == sum(range(1, 30))
@@ -176,7 +162,7 @@ def test_flags_with_no_evaluations_and_no_pin_are_not_reported(local_store: Loca
         await store.reset("never-seen")
         return await store.snapshot()
 
-    assert set(run(local_store, scenario).flags) == {"busy"}
+    assert set(run_with(local_store, scenario).flags) == {"busy"}
 
 
 def test_reset_of_one_flag_clears_it_and_keeps_the_others(local_store: LocalStore) -> None:
@@ -187,7 +173,7 @@ def test_reset_of_one_flag_clears_it_and_keeps_the_others(local_store: LocalStor
         await store.push(batch(2, {"a": FlagDelta(3, 0, users(1_000, 1_002))}))
         return cleared, await store.snapshot()
 
-    cleared, again = run(local_store, scenario)
+    cleared, again = run_with(local_store, scenario)
     assert set(cleared.flags) == {"b"}
     assert (cleared.flags["b"].total, cleared.flags["b"].errors, cleared.flags["b"].unique_users) == (5, 1, 5)
     # After the reset the flag starts from nothing: its old 50 users are gone from the sketch too.
@@ -204,7 +190,7 @@ def test_reset_of_every_flag_clears_them_all(local_store: LocalStore) -> None:
         await store.push(batch(2, {"b": FlagDelta(1, 0, users(7, 8))}))
         return cleared, await store.snapshot()
 
-    cleared, again = run(local_store, scenario)
+    cleared, again = run_with(local_store, scenario)
     assert cleared.flags == {}
     assert set(again.flags) == {"b"}
     assert (again.flags["b"].total, again.flags["b"].unique_users) == (1, 1)
@@ -220,7 +206,7 @@ def test_reset_by_one_store_clears_flags_another_store_wrote(tmp_path: Path) -> 
             await other.close()
         return await writer.snapshot()
 
-    assert run(LocalStore(str(tmp_path)), scenario).flags == {}
+    assert run_with(LocalStore(str(tmp_path)), scenario).flags == {}
 
 
 def test_a_pin_replaces_the_computed_figures(local_store: LocalStore) -> None:
@@ -230,7 +216,7 @@ def test_a_pin_replaces_the_computed_figures(local_store: LocalStore) -> None:
         await store.push(batch(3, {"a": FlagDelta(1, 0, users(50, 60))}))
         return await store.snapshot()
 
-    flags = run(local_store, scenario).flags
+    flags = run_with(local_store, scenario).flags
     assert (flags["a"].total, flags["a"].errors, flags["a"].unique_users, flags["a"].error_rate) == (11, 2, 7, 0.5)
     assert (flags["pinned-only"].total, flags["pinned-only"].unique_users) == (0, 3)
     assert flags["pinned-only"].error_rate == 0.25
@@ -245,7 +231,7 @@ def test_a_pin_vanishes_on_reset(local_store: LocalStore) -> None:
         await store.push(batch(2, {"a": FlagDelta(4, 1, users(0, 20))}))
         return cleared, await store.snapshot()
 
-    cleared, again = run(local_store, scenario)
+    cleared, again = run_with(local_store, scenario)
     assert cleared.flags == {}
     stats = again.flags["a"]
     assert (stats.total, stats.errors, stats.unique_users, stats.pinned_error_rate) == (4, 1, 20, None)
@@ -259,8 +245,8 @@ def test_a_unicode_flag_key_of_200_characters_round_trips(tmp_path: Path) -> Non
         await store.push(batch(1, {UNICODE_KEY: FlagDelta(3, 1, users(0, 3))}))
         return await store.snapshot()
 
-    assert list(run(LocalStore(None), scenario).flags) == [UNICODE_KEY]
-    assert list(run(LocalStore(str(tmp_path)), scenario).flags) == [UNICODE_KEY]
+    assert list(run_with(LocalStore(None), scenario).flags) == [UNICODE_KEY]
+    assert list(run_with(LocalStore(str(tmp_path)), scenario).flags) == [UNICODE_KEY]
     # A fresh store reads the key back from the file.
     assert {key: stats.total for key, stats in LocalStore(str(tmp_path)).read().flags.items()} == {UNICODE_KEY: 3}
 
@@ -285,8 +271,8 @@ def test_memory_mode_gives_the_same_snapshots_as_directory_mode(tmp_path: Path) 
             seen.append(await store.snapshot())
         return seen
 
-    in_directory = run(LocalStore(str(tmp_path)), scenario)
-    in_memory = run(LocalStore(None), scenario)
+    in_directory = run_with(LocalStore(str(tmp_path)), scenario)
+    in_memory = run_with(LocalStore(None), scenario)
     assert in_memory == in_directory
     assert in_memory[-1].flags != {}
 
@@ -347,7 +333,7 @@ def test_file_size_per_flag_does_not_grow_with_the_number_of_users(tmp_path: Pat
             for start in range(0, count, 25_000):
                 await store.push(batch(start + 1, {"f": FlagDelta(1, 0, users(start, min(count, start + 25_000)))}))
 
-        run(LocalStore(str(directory)), scenario)
+        run_with(LocalStore(str(directory)), scenario)
         (flag_file,) = glob.glob(str(directory / FLAG_FILES))
         sizes[count] = os.path.getsize(flag_file)
     assert sizes[10] == sizes[100_000]
@@ -358,7 +344,7 @@ def test_each_flag_has_one_file_named_by_a_hash_of_its_key(tmp_path: Path) -> No
     async def scenario(store: LocalStore) -> None:
         await store.push(batch(1, {UNICODE_KEY: FlagDelta(1, 0, users(0, 1)), "b/../../x": FlagDelta(1, 0)}))
 
-    run(LocalStore(str(tmp_path)), scenario)
+    run_with(LocalStore(str(tmp_path)), scenario)
     expected = {
         f"flagmetrics-flag-{hashlib.blake2b(key.encode(), digest_size=8).hexdigest()}.bin"
         for key in (UNICODE_KEY, "b/../../x")
@@ -381,7 +367,7 @@ def test_a_directory_removed_after_construction_raises_store_error(tmp_path: Pat
     store = LocalStore(str(directory))
     directory.rmdir()
     with pytest.raises(StoreError):
-        run(store, lambda s: s.push(batch(1, {"a": FlagDelta(1, 0)})))
+        run_with(store, lambda s: s.push(batch(1, {"a": FlagDelta(1, 0)})))
 
 
 @contextlib.contextmanager
@@ -404,7 +390,7 @@ def test_snapshot_raises_store_error_within_the_lock_timeout_while_another_proce
         store = LocalStore(str(tmp_path), lock_timeout_s=0.2)
         began = time.monotonic()
         with pytest.raises(StoreError) as raised:
-            run(store, lambda s: s.snapshot())
+            run_with(store, lambda s: s.snapshot())
         elapsed = time.monotonic() - began
     assert raised.value.transient is True
     assert 0.2 <= elapsed < 1.0, elapsed
@@ -415,7 +401,7 @@ def test_push_raises_store_error_within_the_lock_timeout_and_applies_nothing(tmp
     with lock_held(tmp_path):
         began = time.monotonic()
         with pytest.raises(StoreError):
-            run(store, lambda s: s.push(batch(1, {"a": FlagDelta(5, 1, users(0, 5))})))
+            run_with(store, lambda s: s.push(batch(1, {"a": FlagDelta(5, 1, users(0, 5))})))
         elapsed = time.monotonic() - began
     assert 0.2 <= elapsed < 1.0, elapsed
     assert LocalStore(str(tmp_path)).read().flags == {}
@@ -430,7 +416,7 @@ def test_the_store_works_again_once_the_lock_is_released(tmp_path: Path) -> None
         await s.push(batch(1, {"a": FlagDelta(5, 1, users(0, 5))}))
         return await s.snapshot()
 
-    assert run(store, scenario).flags["a"].total == 5
+    assert run_with(store, scenario).flags["a"].total == 5
 
 
 def test_a_flag_file_left_zero_filled_by_a_crash_is_initialised_on_next_use(tmp_path: Path) -> None:
@@ -442,5 +428,5 @@ def test_a_flag_file_left_zero_filled_by_a_crash_is_initialised_on_next_use(tmp_
         await store.push(batch(1, {"a": FlagDelta(3, 1, users(0, 3))}))
         return await store.snapshot()
 
-    stats = run(LocalStore(str(tmp_path)), scenario).flags["a"]
+    stats = run_with(LocalStore(str(tmp_path)), scenario).flags["a"]
     assert (stats.total, stats.errors, stats.unique_users) == (3, 1, 3)

@@ -6,7 +6,6 @@ import asyncio
 import hashlib
 import os
 from collections import Counter
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -18,8 +17,8 @@ from flagmetrics import PrometheusExporter, RedisStore
 from flagmetrics.buffer import digest_users
 from flagmetrics.events import Evaluation
 from flagmetrics.exceptions import ConfigurationError, StoreError
-from flagmetrics.stores.base import Batch, FlagDelta, Pin, Snapshot
-from tests.conftest import RedisServer, wait_for
+from flagmetrics.stores.base import FlagDelta, Pin, Snapshot
+from tests.conftest import RedisServer, batch, run_with, wait_for
 
 PREFIX = "fm-test"
 UNICODE_KEY = ("flag-ключ-🚩-名前-" * 20)[:200]
@@ -29,20 +28,8 @@ def users(first: int, stop: int) -> frozenset[bytes]:
     return digest_users((f"user-{i}" for i in range(first, stop)), b"")
 
 
-def batch(seq: int, flags: dict[str, FlagDelta], pins: dict[str, Pin] | None = None, writer: str = "w") -> Batch:
-    return Batch(writer=writer, seq=seq, flags=flags, pins=pins or {})
 
 
-def run(store: RedisStore, scenario: Callable[[RedisStore], Awaitable[Any]]) -> Any:
-    """Run an async scenario against `store`, then close it."""
-
-    async def main() -> Any:
-        try:
-            return await scenario(store)
-        finally:
-            await store.close()
-
-    return asyncio.run(main())
 
 
 def store_of(server: RedisServer, **kwargs: Any) -> RedisStore:
@@ -83,7 +70,7 @@ def test_push_then_snapshot_gives_exact_totals_and_errors(redis_server: RedisSer
         await store.push(batch(2, {"a": FlagDelta(6, 4, users(5, 20)), UNICODE_KEY: FlagDelta(3, 3, users(0, 1))}))
         return await store.snapshot()
 
-    snapshot = run(store_of(redis_server), scenario)
+    snapshot = run_with(store_of(redis_server), scenario)
     assert figures(snapshot) == {"a": (1240, 60), "b": (7, 0), UNICODE_KEY: (3, 3)}
     assert snapshot.flags["a"].error_rate == 60 / 1240
 
@@ -96,14 +83,14 @@ def test_unique_users_are_within_2_percent_for_10k_users(redis_server: RedisServ
             await store.push(batch(seq + 100, {"a": FlagDelta(2_500, 0, users(start, start + 2_500))}))
         return await store.snapshot()
 
-    unique = run(store_of(redis_server), scenario).flags["a"].unique_users
+    unique = run_with(store_of(redis_server), scenario).flags["a"].unique_users
     assert abs(unique - 10_000) <= 0.02 * 10_000, unique
 
 
 def test_a_large_batch_adds_every_member_to_the_hyperloglog(redis_server: RedisServer) -> None:
     # 30,000 members go to PFADD in chunks inside the script; the result must equal one plain PFADD.
     members = users(0, 30_000)
-    run(store_of(redis_server), lambda store: store.push(batch(1, {"a": FlagDelta(30_000, 0, members)})))
+    run_with(store_of(redis_server), lambda store: store.push(batch(1, {"a": FlagDelta(30_000, 0, members)})))
     client = redis_server.client()
     client.pfadd("scratch", *members)
     assert client.pfcount(f"{PREFIX}:hll:a") == client.pfcount("scratch")
@@ -117,7 +104,7 @@ def test_the_same_batch_pushed_twice_is_applied_once(redis_server: RedisServer) 
         await store.push(same)
         return await store.snapshot()
 
-    snapshot = run(store_of(redis_server), scenario)
+    snapshot = run_with(store_of(redis_server), scenario)
     assert figures(snapshot) == {"a": (10, 2)}
 
 
@@ -127,7 +114,7 @@ def test_a_new_seq_of_the_same_writer_is_applied(redis_server: RedisServer) -> N
         await store.push(batch(2, {"a": FlagDelta(5, 1)}))
         return await store.snapshot()
 
-    assert figures(run(store_of(redis_server), scenario)) == {"a": (15, 3)}
+    assert figures(run_with(store_of(redis_server), scenario)) == {"a": (15, 3)}
 
 
 def test_batches_of_two_writers_with_the_same_seq_are_both_applied(redis_server: RedisServer) -> None:
@@ -136,7 +123,7 @@ def test_batches_of_two_writers_with_the_same_seq_are_both_applied(redis_server:
         await store.push(batch(1, {"a": FlagDelta(5, 1)}, writer="host-2:10:bb"))
         return await store.snapshot()
 
-    assert figures(run(store_of(redis_server), scenario)) == {"a": (15, 3)}
+    assert figures(run_with(store_of(redis_server), scenario)) == {"a": (15, 3)}
 
 
 def test_a_batch_whose_reply_was_lost_counts_once(redis_server: RedisServer) -> None:
@@ -160,7 +147,7 @@ def test_a_batch_whose_reply_was_lost_counts_once(redis_server: RedisServer) -> 
         await store.push(lost)
         return raised.value, await store.snapshot()
 
-    error, snapshot = run(store_of(redis_server, timeout_s=0.3, retries=0), scenario)
+    error, snapshot = run_with(store_of(redis_server, timeout_s=0.3, retries=0), scenario)
     assert error.transient is True
     assert figures(snapshot) == {"a": (11, 2)}
     assert snapshot.flags["a"].unique_users == 10
@@ -173,7 +160,7 @@ def test_every_key_is_under_the_key_prefix(redis_server: RedisServer) -> None:
         await store.snapshot()
         await store.reset("a")
 
-    run(store_of(redis_server), scenario)
+    run_with(store_of(redis_server), scenario)
     keys = [key.decode() for key in redis_server.client().keys("*")]
     assert keys
     assert all(key.startswith(f"{PREFIX}:") for key in keys), keys
@@ -188,7 +175,7 @@ def test_a_pin_replaces_the_computed_figures(redis_server: RedisServer) -> None:
         await store.push(batch(2, {}, {"a": Pin(unique_users=7, error_rate=0.5), "pinned-only": Pin(3, 0.25)}))
         return await store.snapshot()
 
-    flags = run(store_of(redis_server), scenario).flags
+    flags = run_with(store_of(redis_server), scenario).flags
     assert (flags["a"].total, flags["a"].errors, flags["a"].unique_users, flags["a"].error_rate) == (10, 2, 7, 0.5)
     assert (flags["pinned-only"].total, flags["pinned-only"].unique_users) == (0, 3)
     assert flags["pinned-only"].error_rate == 0.25
@@ -202,7 +189,7 @@ def test_reset_of_a_flag_clears_its_figures_and_its_pin(redis_server: RedisServe
         await store.push(batch(2, {"a": FlagDelta(4, 1, users(100, 120))}))
         return cleared, await store.snapshot()
 
-    cleared, again = run(store_of(redis_server), scenario)
+    cleared, again = run_with(store_of(redis_server), scenario)
     assert figures(cleared) == {"b": (1, 0)}
     stats = again.flags["a"]
     # From nothing: neither the pin nor the 50 earlier users are left.
@@ -221,7 +208,7 @@ def test_reset_removes_every_flag_key_of_the_prefix_and_nothing_else(redis_serve
         await store.reset()
         return await store.snapshot()
 
-    assert run(store_of(redis_server), scenario).flags == {}
+    assert run_with(store_of(redis_server), scenario).flags == {}
     assert {key: client.get(key) for key in unrelated} == unrelated
     left = [key.decode() for key in client.keys(f"{PREFIX}:*")]
     # Only the per-writer sequence numbers stay, on purpose and with their expiry: forgetting them
@@ -257,7 +244,7 @@ def snapshot_cost(server: RedisServer, monkeypatch: pytest.MonkeyPatch, flags: i
         assert len(snapshot.flags) == flags
         return trips.count, command_counts(client) - before
 
-    return run(store_of(server, key_prefix=f"cost{flags}"), scenario)
+    return run_with(store_of(server, key_prefix=f"cost{flags}"), scenario)
 
 
 def test_snapshot_takes_the_same_round_trips_for_10_and_500_flags(
@@ -290,7 +277,7 @@ def test_push_is_one_evalsha_per_batch_whatever_its_size(
         monkeypatch.undo()
         return calls(client, "evalsha") - before, trips.count, calls(client, "eval")
 
-    evalshas, round_trips, evals = run(store_of(redis_server), scenario)
+    evalshas, round_trips, evals = run_with(store_of(redis_server), scenario)
     assert (evalshas, round_trips, evals) == (len(sizes), len(sizes), 0)
     assert int(client.hget(f"{PREFIX}:totals", "f2") or 0) == sum(sizes)
 
@@ -301,20 +288,20 @@ def test_push_is_one_evalsha_per_batch_whatever_its_size(
 def test_push_raises_a_transient_store_error_while_redis_is_stopped(redis_server: RedisServer) -> None:
     redis_server.stop()
     with pytest.raises(StoreError) as raised:
-        run(store_of(redis_server), lambda store: store.push(batch(1, {"a": FlagDelta(1, 0)})))
+        run_with(store_of(redis_server), lambda store: store.push(batch(1, {"a": FlagDelta(1, 0)})))
     assert raised.value.transient is True
 
 
 def test_snapshot_raises_store_error_while_redis_is_stopped(redis_server: RedisServer) -> None:
     redis_server.stop()
     with pytest.raises(StoreError, match="could not read"):
-        run(store_of(redis_server), lambda store: store.snapshot())
+        run_with(store_of(redis_server), lambda store: store.snapshot())
 
 
 def test_a_key_of_the_wrong_type_makes_push_raise_a_permanent_store_error(redis_server: RedisServer) -> None:
     redis_server.client().set(f"{PREFIX}:totals", "not a hash")
     with pytest.raises(StoreError, match="WRONGTYPE") as raised:
-        run(store_of(redis_server), lambda store: store.push(batch(1, {"a": FlagDelta(1, 0)})))
+        run_with(store_of(redis_server), lambda store: store.push(batch(1, {"a": FlagDelta(1, 0)})))
     assert raised.value.transient is False
 
 
@@ -329,7 +316,7 @@ def test_a_refused_batch_changes_nothing(redis_server: RedisServer) -> None:
             with pytest.raises(StoreError):
                 await store.push(refused)
 
-    run(store_of(redis_server), scenario)
+    run_with(store_of(redis_server), scenario)
     assert client.hgetall(f"{PREFIX}:totals") == {}
     assert client.exists(f"{PREFIX}:hll:a") == 0
 
@@ -346,7 +333,7 @@ def test_a_batch_refused_by_a_corrupt_hyperloglog_adds_no_count(redis_server: Re
                 await store.push(refused)
             assert raised.value.transient is False
 
-    run(store_of(redis_server), scenario)
+    run_with(store_of(redis_server), scenario)
     assert client.hgetall(f"{PREFIX}:totals") == {}
     assert client.hgetall(f"{PREFIX}:errors") == {}
 
@@ -362,7 +349,7 @@ def test_push_works_after_a_restart_empties_the_script_cache(redis_server: Redis
         await store.push(batch(2, {"a": FlagDelta(5, 1, users(10, 15))}))
         return cached, await store.snapshot()
 
-    cached, snapshot = run(store_of(redis_server), scenario)
+    cached, snapshot = run_with(store_of(redis_server), scenario)
     assert cached == 0  # so the push after the restart met NOSCRIPT
     assert figures(snapshot) == {"a": (15, 3)}
     assert snapshot.flags["a"].unique_users == 15
@@ -378,7 +365,7 @@ def test_a_batch_applied_before_a_restart_is_not_applied_again(redis_server: Red
         await store.push(applied)
         return await store.snapshot()
 
-    assert figures(run(store_of(redis_server), scenario)) == {"a": (10, 2)}
+    assert figures(run_with(store_of(redis_server), scenario)) == {"a": (10, 2)}
 
 
 # -- configuration --------------------------------------------------------------------------------------
@@ -448,6 +435,6 @@ def test_a_refused_batch_is_dropped_after_3_attempts_and_later_batches_are_deliv
 def test_redis_holds_digests_of_the_user_ids_never_the_ids(redis_server: RedisServer) -> None:
     # The HyperLogLog already holds the BLAKE2b digest of the id, and not the raw id.
     client = redis_server.client()
-    run(store_of(redis_server), lambda store: store.push(batch(1, {"a": FlagDelta(1, 0, users(0, 1))})))
+    run_with(store_of(redis_server), lambda store: store.push(batch(1, {"a": FlagDelta(1, 0, users(0, 1))})))
     assert client.pfadd(f"{PREFIX}:hll:a", hashlib.blake2b(b"user-0", digest_size=8).digest()) == 0
     assert client.pfadd(f"{PREFIX}:hll:a", b"user-0") == 1
