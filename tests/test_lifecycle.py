@@ -142,6 +142,7 @@ def test_recycling_and_sigterm_lose_nothing(
     assert_scrape_is_true(tally, app.scrape().text)
     assert scraper.failures == []
     assert scraper.regressions == []
+    print(f"{store}: {len(answers)} requests, {scraper.scrapes} scrapes, no counter went back")
     served_by = {answer["pid"] for _, _, answer in answers}
     assert len(served_by) >= 8, f"expected recycled workers, saw pids {served_by}"
 
@@ -177,6 +178,7 @@ def test_sigkill_loses_no_counter_and_at_most_one_flush_interval(
     wait_for(lambda: truth - sum(stored().values()) <= window, 20, f"the store to come within {window} of {truth}")
     for flag, total in tally.totals().items():
         assert stored().get(flag, 0) <= total, flag  # nothing counted twice
+    print(f"SIGKILL: {truth} evaluations, store short by {truth - sum(stored().values())} (bound {window})")
 
     scraper.stop(at_least=50)
     assert scraper.failures == []

@@ -43,6 +43,7 @@ def assert_outage_scrape(app: Gunicorn, tally: Tally) -> None:
     elapsed = time.monotonic() - started
     assert response.status_code == 200
     assert elapsed < 1.0, f"scrape took {elapsed:.2f} s"
+    print(f"outage scrape: {elapsed * 1000:.0f} ms, store_up 0, {sum(tally.evaluations.values())} evaluations exact")
     scrape = parse_scrape(response.text)
     assert scrape.evaluations == dict(tally.evaluations)
     assert scrape.histogram_counts == dict(tally.totals())
@@ -135,6 +136,7 @@ def test_frozen_redis_slows_no_request(gunicorn: Callable[..., Gunicorn], redis_
     finally:
         redis_server.resume()
     # A request that waited on Redis would take the socket timeout (1 s); allow scheduling noise.
+    print(f"request median: {before * 1000:.2f} ms with Redis up, {during * 1000:.2f} ms with Redis frozen")
     assert during < 2 * before + 0.005, (before, during)
     wait_for(
         lambda: abs(parse_scrape(app.scrape().text).unique_users.get("button_color", 0) - 400) <= 8,
