@@ -387,7 +387,7 @@ def test_snapshot_raises_store_error_within_the_lock_timeout_while_another_proce
     marker = tmp_path / "locked"
     with started([sys.executable, "-c", LOCK_HOLDER, str(tmp_path), str(marker)]):
         wait_for(marker.exists, 20, "the other process to take the lock")
-        store = LocalStore(str(tmp_path), lock_timeout_s=0.2)
+        store = LocalStore(str(tmp_path), read_timeout_s=0.2, write_timeout_s=0.2)
         began = time.monotonic()
         with pytest.raises(StoreError) as raised:
             run_with(store, lambda s: s.snapshot())
@@ -397,7 +397,7 @@ def test_snapshot_raises_store_error_within_the_lock_timeout_while_another_proce
 
 
 def test_push_raises_store_error_within_the_lock_timeout_and_applies_nothing(tmp_path: Path) -> None:
-    store = LocalStore(str(tmp_path), lock_timeout_s=0.2)
+    store = LocalStore(str(tmp_path), read_timeout_s=0.2, write_timeout_s=0.2)
     with lock_held(tmp_path):
         began = time.monotonic()
         with pytest.raises(StoreError):
@@ -408,7 +408,7 @@ def test_push_raises_store_error_within_the_lock_timeout_and_applies_nothing(tmp
 
 
 def test_the_store_works_again_once_the_lock_is_released(tmp_path: Path) -> None:
-    store = LocalStore(str(tmp_path), lock_timeout_s=0.2)
+    store = LocalStore(str(tmp_path), read_timeout_s=0.2, write_timeout_s=0.2)
     with lock_held(tmp_path), pytest.raises(StoreError):
         store.read()
 

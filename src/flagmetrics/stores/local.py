@@ -116,17 +116,20 @@ def _flock(fd: int, operation: int, timeout_s: float) -> None:
 class LocalStore:
     """Fleet state of one host in `path` (the multiprocess directory), or in memory when `path` is None."""
 
-    def __init__(self, path: str | None = None, *, lock_timeout_s: float = 2.0) -> None:
+    def __init__(self, path: str | None = None, *, read_timeout_s: float = 2.0, write_timeout_s: float = 8.0) -> None:
         """Keep state in `path`, which must exist; None keeps it in this process only.
 
         Args:
-            lock_timeout_s: Longest wait for the directory's lock, in seconds, before a read or a
-                write fails with `StoreError` (a read waits only while a worker applies a batch).
+            read_timeout_s: Longest wait for the directory's lock before a read fails with
+                `StoreError`, in seconds (a read waits only while a worker applies a batch).
+            write_timeout_s: The same for a write; writes run in the flusher's thread and may wait
+                longer behind many workers' batches, but not past the flusher's own timeout.
         """
         if path is not None and not os.path.isdir(path):
             raise StoreError(f"`path` {path!r} is not a directory; create it first", transient=False)
         self._path = path
-        self._lock_timeout_s = lock_timeout_s
+        self._read_timeout_s = read_timeout_s
+        self._write_timeout_s = write_timeout_s
         self._files: dict[str, _FlagFile] = {}
         self._thread_lock = threading.Lock()
 
@@ -157,7 +160,7 @@ class LocalStore:
     def read(self) -> Snapshot:
         """Read every flag's figures (blocking)."""
         flags: dict[str, FlagStats] = {}
-        with self._locked(exclusive=False):
+        with self._locked(exclusive=False, timeout_s=self._read_timeout_s):
             if self._path is None:
                 headers = [bytes(region.buffer[:_REGISTERS]) for region in self._files.values()]
             else:
@@ -172,7 +175,7 @@ class LocalStore:
         return Snapshot(flags=flags)
 
     def _apply(self, batch: Batch) -> None:
-        with self._locked(exclusive=True):
+        with self._locked(exclusive=True, timeout_s=self._write_timeout_s):
             # Open every file first: only this can fail, and it changes no figure, so a batch is
             # either applied whole or not at all and a retry never counts twice.
             regions = {key: self._region(key) for key in (*batch.flags, *batch.pins)}
@@ -185,7 +188,7 @@ class LocalStore:
                 _PIN_FMT.pack_into(regions[key].buffer, _PIN, 1, pin.unique_users, pin.error_rate)
 
     def _reset(self, flag_key: str | None) -> None:
-        with self._locked(exclusive=True):
+        with self._locked(exclusive=True, timeout_s=self._write_timeout_s):
             if flag_key is not None:
                 _clear(self._region(flag_key).buffer)
                 return
@@ -227,7 +230,7 @@ class LocalStore:
         return region
 
     @contextlib.contextmanager
-    def _locked(self, *, exclusive: bool) -> Iterator[None]:
+    def _locked(self, *, exclusive: bool, timeout_s: float) -> Iterator[None]:
         with self._thread_lock:
             if self._path is None:
                 yield
@@ -237,7 +240,7 @@ class LocalStore:
             except OSError as exc:
                 raise StoreError(f"could not open the state lock in {self._path!r}: {exc}", transient=False) from exc
             try:
-                _flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH, self._lock_timeout_s)
+                _flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH, timeout_s)
                 yield
             except OSError as exc:
                 raise StoreError(f"could not lock the state in {self._path!r}: {exc}") from exc
