@@ -298,6 +298,21 @@ def to_litestar_events(specs: Sequence[EventSpec]) -> list[Any]:
 # -- process memory ------------------------------------------------------------------------------------
 
 
+async def started_exporter(candidate: str, redis_url: str | None, key_prefix: str) -> Any:
+    """A running flagmetrics exporter in this (multiprocess) worker: `flagmetrics-redis` or `flagmetrics-local`."""
+    from flagmetrics import LocalStore, PrometheusExporter, RedisStore
+
+    store: Any
+    if candidate == "flagmetrics-redis":
+        assert redis_url
+        store = RedisStore.from_url(redis_url, key_prefix=key_prefix)
+    else:
+        store = LocalStore(os.environ["PROMETHEUS_MULTIPROC_DIR"])
+    exporter = PrometheusExporter(store=store)
+    await exporter.start()
+    return exporter
+
+
 def proc_status_kb(field_name: str = "VmRSS") -> int:
     """A field of /proc/self/status in kB (VmRSS, VmHWM, ...)."""
     with open("/proc/self/status", encoding="ascii") as status:

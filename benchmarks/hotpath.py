@@ -35,6 +35,7 @@ from benchmarks._common import (
     now_iso,
     p90,
     redis_server,
+    started_exporter,
     temp_dir,
     to_litestar_events,
 )
@@ -53,16 +54,7 @@ def _counter_total(metric: Any) -> float:
 async def _build(candidate: str, redis_url: str | None) -> tuple[Callable[[Any], Awaitable[None]], Any]:
     """Return (record, exporter or None) for a candidate; imports happen here, after the env is set."""
     if candidate.startswith("flagmetrics"):
-        from flagmetrics import LocalStore, PrometheusExporter, RedisStore
-
-        store: Any
-        if candidate == "flagmetrics-redis":
-            assert redis_url
-            store = RedisStore.from_url(redis_url, key_prefix=f"hot{os.getpid()}")
-        else:
-            store = LocalStore(os.environ["PROMETHEUS_MULTIPROC_DIR"])
-        exporter = PrometheusExporter(store=store)
-        await exporter.start()
+        exporter = await started_exporter(candidate, redis_url, key_prefix=f"hot{os.getpid()}")
         return exporter.record, exporter
     if candidate == "reference":
         from litestar_flags.analytics.exporters.prometheus import PrometheusExporter as Reference

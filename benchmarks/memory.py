@@ -30,6 +30,7 @@ from benchmarks._common import (
     proc_status_kb,
     redis_server,
     run_json_concurrently,
+    started_exporter,
     temp_dir,
 )
 
@@ -49,16 +50,7 @@ async def _measure(candidate: str, users: int, flags: int, redis_url: str | None
 
     exporter: Any
     if candidate.startswith("flagmetrics"):
-        from flagmetrics import LocalStore, PrometheusExporter, RedisStore
-
-        store: Any
-        if candidate == "flagmetrics-redis":
-            assert redis_url
-            store = RedisStore.from_url(redis_url, key_prefix=f"mem{os.getpid()}")
-        else:
-            store = LocalStore(os.environ["PROMETHEUS_MULTIPROC_DIR"])
-        exporter = PrometheusExporter(store=store)
-        await exporter.start()
+        exporter = await started_exporter(candidate, redis_url, key_prefix=f"mem{os.getpid()}")
     else:
         from litestar_flags.analytics.exporters.prometheus import PrometheusExporter as Reference
 
