@@ -26,17 +26,7 @@ __all__ = ["ScrapeSource", "encode", "render", "render_snapshot"]
 
 async def render(exporter: PrometheusExporter, accept: str | None = None) -> tuple[bytes, str]:
     """Return the body and content type of a scrape; OpenMetrics when `accept` asks for it."""
-    if not exporter.settings.fleet_gauges:
-        return await asyncio.to_thread(
-            encode,
-            None,
-            accept,
-            prefix=exporter.prefix,
-            multiprocess_path=exporter.multiprocess_path,
-            registry=exporter.registry or REGISTRY,
-            fleet_gauges=False,
-        )
-    snapshot = await exporter.fleet_snapshot()
+    snapshot = await exporter.fleet_snapshot() if exporter.settings.fleet_gauges else None
     return await asyncio.to_thread(render_snapshot, exporter, snapshot, accept)
 
 
@@ -50,6 +40,7 @@ def render_snapshot(
         prefix=exporter.prefix,
         multiprocess_path=exporter.multiprocess_path,
         registry=exporter.registry or REGISTRY,
+        fleet_gauges=exporter.settings.fleet_gauges,
     )
 
 
