@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import time
 from types import SimpleNamespace
 from typing import Any
 
@@ -17,6 +16,7 @@ from prometheus_client import CollectorRegistry
 from flagmetrics import ConfigurationError, PrometheusExporter, RedisStore, Settings
 from flagmetrics.litestar import FlagMetricsPlugin
 from flagmetrics.stores.base import Snapshot
+from tests.conftest import wait_for
 
 pytestmark = pytest.mark.usefixtures("clean_env")
 
@@ -229,19 +229,22 @@ def test_other_routes_need_no_credentials(server: fakeredis.FakeServer) -> None:
 # -- lifespan --------------------------------------------------------------------------------------
 
 
+def scrape_until(client: TestClient[Any], line: str) -> str:
+    """Scrape until `line` shows (the flusher delivered it); return that scrape."""
+
+    def scrape() -> str:
+        text: str = client.get("/metrics").text
+        return text if line in text else ""
+
+    return str(wait_for(scrape, 5, f"{line!r} in /metrics"))
+
+
 def test_lifespan_starts_the_flusher(server: fakeredis.FakeServer) -> None:
     """A pin set from outside the app's loop reaches the store only through the running flusher."""
     exporter = make_exporter(server, flush_interval_s=0.02)
     with TestClient(make_app(exporter)) as client:
         exporter.update_from_metrics("pinned", {"unique_users": 7, "error_rate": 50.0})
-        deadline = time.monotonic() + 5.0
-        seen = ""
-        while time.monotonic() < deadline:
-            seen = client.get("/metrics").text
-            if 'feature_flag_unique_users{flag_key="pinned"} 7.0' in seen:
-                break
-            time.sleep(0.01)
-    assert 'feature_flag_unique_users{flag_key="pinned"} 7.0' in seen
+        seen = scrape_until(client, 'feature_flag_unique_users{flag_key="pinned"} 7.0')
     assert 'feature_flag_error_rate{flag_key="pinned"} 0.5' in seen
 
 
@@ -260,14 +263,7 @@ def test_metrics_route_reports_fleet_gauges_after_flush(server: fakeredis.FakeSe
     with TestClient(make_app(exporter)) as client:
         client.get("/evaluate", params={"user": "u1"})
         client.get("/evaluate", params={"user": "u2"})
-        deadline = time.monotonic() + 5.0
-        seen = ""
-        while time.monotonic() < deadline:
-            seen = client.get("/metrics").text
-            if 'feature_flag_unique_users{flag_key="f"} 2.0' in seen:
-                break
-            time.sleep(0.01)
-    assert 'feature_flag_unique_users{flag_key="f"} 2.0' in seen
+        seen = scrape_until(client, 'feature_flag_unique_users{flag_key="f"} 2.0')
     assert 'feature_flag_error_rate{flag_key="f"} 0.0' in seen
 
 
