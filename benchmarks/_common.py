@@ -33,6 +33,12 @@ LOOPBACK = "127.0.0.1"
 # -- statistics ------------------------------------------------------------------------------------
 
 
+def require_multiprocess_env() -> None:
+    """Exit unless PROMETHEUS_MULTIPROC_DIR is set and prometheus_client not yet imported (worker mode)."""
+    if "prometheus_client" in sys.modules or not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        raise SystemExit("run me with PROMETHEUS_MULTIPROC_DIR set, before prometheus_client is imported")
+
+
 def median(values: Sequence[float]) -> float:
     """Median of a non-empty sequence."""
     return float(statistics.median(values))

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import sys
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,6 +24,7 @@ from benchmarks._common import (
     log,
     now_iso,
     redis_server,
+    require_multiprocess_env,
     run_json_concurrently,
     temp_dir,
 )
@@ -119,8 +119,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--redis-url")
     parser.add_argument("--sizes", default="10000x5,100000x3,1000000x1")
     args = parser.parse_args(argv)
-    if "prometheus_client" in sys.modules or not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        raise SystemExit("run me with PROMETHEUS_MULTIPROC_DIR set, before prometheus_client is imported")
+    require_multiprocess_env()
     sizes = [(int(a), int(b)) for a, b in (item.split("x") for item in args.sizes.split(","))]
     emit(asyncio.run(_measure(args.worker, args.redis_url, sizes)))
 

@@ -352,18 +352,15 @@ async def _profile_pages(page: Any, flagmetrics: Any, *, noop: Any, pages: int) 
 def main(argv: list[str] | None = None) -> None:
     import argparse
     import asyncio
-    import os
-    import sys
 
-    from benchmarks._common import emit
+    from benchmarks._common import emit, require_multiprocess_env
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--inprocess", action="store_true", required=True)
     parser.add_argument("--pages", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=40)
     args = parser.parse_args(argv)
-    if "prometheus_client" in sys.modules or not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        raise SystemExit("run me with PROMETHEUS_MULTIPROC_DIR set, before prometheus_client is imported")
+    require_multiprocess_env()
     emit(asyncio.run(_inprocess(args.pages, args.rounds)))
 
 

@@ -18,7 +18,6 @@ import asyncio
 import cProfile
 import os
 import pstats
-import sys
 import time
 from typing import Any
 
@@ -31,6 +30,7 @@ from benchmarks._common import (
     median,
     now_iso,
     redis_server,
+    require_multiprocess_env,
     run_json,
     temp_dir,
     to_litestar_events,
@@ -189,8 +189,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--redis-url", required=True)
     args = parser.parse_args(argv)
-    if "prometheus_client" in sys.modules or not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        raise SystemExit("run me with PROMETHEUS_MULTIPROC_DIR set, before prometheus_client is imported")
+    require_multiprocess_env()
     emit(asyncio.run(_measure(args.events, args.redis_url)))
 
 

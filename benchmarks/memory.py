@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import gc
 import os
-import sys
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -29,6 +28,7 @@ from benchmarks._common import (
     now_iso,
     proc_status_kb,
     redis_server,
+    require_multiprocess_env,
     run_json_concurrently,
     started_exporter,
     temp_dir,
@@ -165,8 +165,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--flags", type=int, default=10)
     parser.add_argument("--redis-url")
     args = parser.parse_args(argv)
-    if "prometheus_client" in sys.modules or not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        raise SystemExit("run me with PROMETHEUS_MULTIPROC_DIR set, before prometheus_client is imported")
+    require_multiprocess_env()
     emit(asyncio.run(_measure(args.worker, args.users, args.flags, args.redis_url)))
 
 

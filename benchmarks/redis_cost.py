@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import sys
 import time
 from typing import Any, ClassVar
 
@@ -33,6 +32,7 @@ from benchmarks._common import (
     log,
     now_iso,
     redis_server,
+    require_multiprocess_env,
     run_json,
     temp_dir,
     to_litestar_events,
@@ -209,8 +209,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--window", type=float, default=5.0)
     parser.add_argument("--sustain", type=float, default=5.0)
     args = parser.parse_args(argv)
-    if "prometheus_client" in sys.modules or not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        raise SystemExit("run me with PROMETHEUS_MULTIPROC_DIR set, before prometheus_client is imported")
+    require_multiprocess_env()
     rates = [int(r) for r in args.rates.split(",")]
     emit(asyncio.run(_measure(args.redis_url, rates, args.window, args.sustain)))
 

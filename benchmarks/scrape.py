@@ -40,6 +40,7 @@ from benchmarks._common import (
     median,
     now_iso,
     redis_server,
+    require_multiprocess_env,
     run_json,
     temp_dir,
 )
@@ -418,8 +419,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--redis-url")
     parser.add_argument("--budget", type=float, default=8.0)
     args = parser.parse_args(argv)
-    if "prometheus_client" in sys.modules or not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        raise SystemExit("run me with PROMETHEUS_MULTIPROC_DIR set, before prometheus_client is imported")
+    require_multiprocess_env()
     if args.fleet:
         _fleet(args.workers, args.flags)
     elif args.measure_live:
