@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import glob
@@ -13,9 +14,12 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+from prometheus_client import CollectorRegistry
 
+from flagmetrics import PrometheusExporter
 from flagmetrics.buffer import digest_users
 from flagmetrics.exceptions import StoreError
 from flagmetrics.stores.base import Batch, FlagDelta, Pin, Snapshot
@@ -194,6 +198,54 @@ def test_reset_of_every_flag_clears_them_all(local_store: LocalStore) -> None:
     assert cleared.flags == {}
     assert set(again.flags) == {"b"}
     assert (again.flags["b"].total, again.flags["b"].unique_users) == (1, 1)
+
+
+# -- exactly once ---------------------------------------------------------------------------------
+
+
+def test_the_same_batch_pushed_twice_is_applied_once(local_store: LocalStore) -> None:
+    same = batch(1, {"a": FlagDelta(10, 2, users(0, 100))})
+
+    async def scenario(store: LocalStore) -> Snapshot:
+        await store.push(same)
+        await store.push(same)
+        return await store.snapshot()
+
+    stats = run_with(local_store, scenario).flags["a"]
+    assert (stats.total, stats.errors) == (10, 2)
+
+
+def test_an_older_seq_is_ignored_and_another_writers_seq_applied(local_store: LocalStore) -> None:
+    async def scenario(store: LocalStore) -> Snapshot:
+        await store.push(batch(2, {"a": FlagDelta(1, 0)}))
+        await store.push(batch(1, {"a": FlagDelta(5, 0)}))
+        await store.push(batch(1, {"a": FlagDelta(7, 0)}, writer="other"))
+        await store.push(batch(3, {"a": FlagDelta(20, 0)}))
+        return await store.snapshot()
+
+    assert run_with(local_store, scenario).flags["a"].total == 28
+
+
+def test_closing_while_a_flush_waits_for_the_lock_applies_the_batch_once(tmp_path: Path) -> None:
+    """The flusher is cancelled at close while its thread waits for the lock; the batch lands once."""
+    store = LocalStore(str(tmp_path), write_timeout_s=8.0)
+    exporter = PrometheusExporter(registry=CollectorRegistry(), store=store, flush_interval_s=0.05)
+    event = SimpleNamespace(flag_key="a", reason="STATIC", variant="on", targeting_key="u", latency_ms=1.0)
+
+    async def scenario() -> None:
+        await exporter.start()
+        with lock_held(tmp_path):
+            await exporter.record(event)
+            # The periodic flush has cut the batch and its thread is now blocked on the lock.
+            await asyncio.to_thread(wait_for, lambda: exporter._buffer.in_flight is not None, 10, "a flush")
+            closing = asyncio.create_task(exporter.close(timeout_s=5))
+            await asyncio.sleep(0.1)  # close() cancels the periodic flush and retries the batch
+            assert not closing.done()
+        await closing
+
+    asyncio.run(scenario())
+    stats = LocalStore(str(tmp_path)).read().flags["a"]
+    assert (stats.total, stats.errors, stats.unique_users) == (1, 0, 1)
 
 
 def test_reset_by_one_store_clears_flags_another_store_wrote(tmp_path: Path) -> None:

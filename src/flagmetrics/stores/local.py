@@ -131,6 +131,10 @@ class LocalStore:
         self._read_timeout_s = read_timeout_s
         self._write_timeout_s = write_timeout_s
         self._files: dict[str, _FlagFile] = {}
+        # The last batch applied per writer. Only this process's buffers push through this object,
+        # so remembering it here is enough to apply a batch once when its delivery is retried after
+        # a timeout or a cancelled flush whose thread went on and applied it.
+        self._applied: dict[str, int] = {}
         self._thread_lock = threading.Lock()
 
     @property
@@ -139,7 +143,7 @@ class LocalStore:
         return self._path
 
     async def push(self, batch: Batch) -> None:
-        """Apply `batch` under the directory's exclusive lock (in a thread)."""
+        """Apply `batch` under the directory's exclusive lock (in a thread), once per `(writer, seq)`."""
         await asyncio.to_thread(self._apply, batch)
 
     async def snapshot(self) -> Snapshot:
@@ -151,7 +155,10 @@ class LocalStore:
         await asyncio.to_thread(self._reset, flag_key)
 
     async def close(self) -> None:
-        """Unmap this process's flag files."""
+        """Unmap this process's flag files (in a thread: a write in progress may hold them)."""
+        await asyncio.to_thread(self._close)
+
+    def _close(self) -> None:
         with self._thread_lock:
             for region in self._files.values():
                 region.close()
@@ -176,6 +183,8 @@ class LocalStore:
 
     def _apply(self, batch: Batch) -> None:
         with self._locked(exclusive=True, timeout_s=self._write_timeout_s):
+            if batch.seq <= self._applied.get(batch.writer, 0):
+                return
             # Open every file first: only this can fail, and it changes no figure, so a batch is
             # either applied whole or not at all and a retry never counts twice.
             regions = {key: self._region(key) for key in (*batch.flags, *batch.pins)}
@@ -186,6 +195,7 @@ class LocalStore:
                 sketch.add(region.registers, region.histogram, delta.members)
             for key, pin in batch.pins.items():
                 _PIN_FMT.pack_into(regions[key].buffer, _PIN, 1, pin.unique_users, pin.error_rate)
+            self._applied[batch.writer] = batch.seq
 
     def _reset(self, flag_key: str | None) -> None:
         with self._locked(exclusive=True, timeout_s=self._write_timeout_s):
