@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -91,12 +91,26 @@ def pid_alive(pid: int) -> bool:
 
 
 def landed(tally: Tally, app: Gunicorn) -> bool:
-    """Whether the counters and the fleet store hold exactly every tallied evaluation."""
-    if parse_scrape(app.scrape().text).evaluations != dict(tally.evaluations):
-        return False
+    """True once the counters and the fleet store hold exactly every tallied evaluation.
+
+    Until then it raises AssertionError naming what differs, which `wait_for` reports on timeout.
+    """
+    counted = parse_scrape(app.scrape().text).evaluations
+    if counted != dict(tally.evaluations):
+        raise AssertionError(f"counters differ from the traffic: {differences(counted, dict(tally.evaluations))}")
     stored = {flag: (stats.total, stats.errors) for flag, stats in app.fleet_snapshot().flags.items()}
     errors = tally.errors()
-    return stored == {flag: (total, errors[flag]) for flag, total in tally.totals().items()}
+    expected = {flag: (total, errors[flag]) for flag, total in tally.totals().items()}
+    if stored != expected:
+        raise AssertionError(f"the store differs from the traffic: {differences(stored, expected)}")
+    return True
+
+
+def differences(seen: Mapping[Any, Any], expected: Mapping[Any, Any], most: int = 5) -> str:
+    """The first `most` keys whose values differ, as `key: seen != expected`."""
+    keys = [key for key in sorted({*seen, *expected}, key=repr) if seen.get(key) != expected.get(key)]
+    shown = ", ".join(f"{key}: {seen.get(key)} != {expected.get(key)}" for key in keys[:most])
+    return shown + (f" and {len(keys) - most} more" if len(keys) > most else "")
 
 
 def assert_scrape_is_true(tally: Tally, text: str) -> None:
@@ -270,6 +284,10 @@ class Gunicorn:
 
     def logs(self) -> str:
         return self.log.read_text(errors="replace")
+
+    def worker_exits(self) -> int:
+        """How many workers exited so far (gunicorn logs every worker it boots)."""
+        return self.logs().count("Booting worker with pid") - self.workers
 
     def fleet_snapshot(self) -> Snapshot:
         """Read the fleet store the app writes to, directly (raises while it is unreachable)."""
