@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import shlex
+import signal
 import sys
 import tempfile
 import time
@@ -45,6 +46,11 @@ def _sections(spec: str | None, parser: argparse.ArgumentParser) -> list[str]:
     if unknown:
         parser.error(f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
     return names
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    """Turn SIGTERM into SystemExit, so every section stops the processes it started by their pids."""
+    raise SystemExit(128 + signum)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks import report
 
     failed: list[str] = []
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     if not args.report_only:
         machine = report.machine_info()
         write_result(results, "machine", {**machine, "command": command})
