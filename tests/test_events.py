@@ -14,14 +14,12 @@ from litestar_flags.types import ErrorCode, EvaluationReason
 from flagmetrics.events import (
     MAX_DURATION_MS,
     MAX_KEY_LENGTH,
-    MAX_TARGETING_KEY_LENGTH,
     OVERFLOW,
     UNKNOWN,
     Evaluation,
     duration_ms,
     error_code,
     labels,
-    targeting_key,
 )
 
 
@@ -247,31 +245,6 @@ def test_duration_prefers_evaluation_duration_ms_over_latency_ms() -> None:
 
 def test_duration_validates_the_latency_ms_fallback() -> None:
     assert duration_ms(plain(latency_ms=float("nan"))) is None
-
-
-# -- targeting_key ---------------------------------------------------------------------------------
-
-
-def test_targeting_key_of_litestar_flags_event() -> None:
-    assert targeting_key(flag_event(targeting_key="user-123")) == "user-123"
-
-
-def test_targeting_key_accepts_maximum_length() -> None:
-    key = "u" * MAX_TARGETING_KEY_LENGTH
-    assert targeting_key(plain(targeting_key=key)) == key
-
-
-@pytest.mark.parametrize(
-    "value",
-    [None, "", "u" * (MAX_TARGETING_KEY_LENGTH + 1), 42, b"user", ["user"]],
-    ids=["none", "empty", "too-long", "int", "bytes", "list"],
-)
-def test_targeting_key_rejects_unusable_values(value: Any) -> None:
-    assert targeting_key(plain(targeting_key=value)) is None
-
-
-def test_targeting_key_missing_is_none() -> None:
-    assert targeting_key(object()) is None
 
 
 # -- error_code ------------------------------------------------------------------------------------

@@ -24,7 +24,6 @@ __all__ = [
     "duration_ms",
     "error_code",
     "labels",
-    "targeting_key",
     "valid_label",
 ]
 
@@ -143,17 +142,6 @@ def duration_ms(event: Any) -> float | None:
     if not (math.isfinite(value) and 0.0 <= value <= MAX_DURATION_MS):
         return None
     return value
-
-
-def targeting_key(event: Any) -> str | None:
-    """Return a usable targeting key; None when absent (anonymous) or unusable (a defect)."""
-    try:
-        value = getattr(event, "targeting_key", None)
-    except Exception:
-        return None
-    if type(value) is str and 0 < len(value) <= MAX_TARGETING_KEY_LENGTH:
-        return value
-    return None
 
 
 def valid_label(value: Any) -> bool:
