@@ -34,9 +34,16 @@ LOOPBACK = "127.0.0.1"
 
 
 def require_multiprocess_env() -> None:
-    """Exit unless PROMETHEUS_MULTIPROC_DIR is set and prometheus_client not yet imported (worker mode)."""
-    if "prometheus_client" in sys.modules or not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        raise SystemExit("run me with PROMETHEUS_MULTIPROC_DIR set, before prometheus_client is imported")
+    """Exit unless PROMETHEUS_MULTIPROC_DIR names a directory and prometheus_client is not yet imported."""
+    if not Path(os.environ.get("PROMETHEUS_MULTIPROC_DIR") or "/nonexistent").is_dir():
+        raise SystemExit("run me with PROMETHEUS_MULTIPROC_DIR set to an existing directory")
+    if "prometheus_client" in sys.modules:
+        raise SystemExit("prometheus_client was imported before the multiprocess directory was set")
+
+
+def counter_total(counter: Any) -> float:
+    """The sum of a prometheus_client counter's `_total` samples, over all its labels."""
+    return float(sum(s.value for fam in counter.collect() for s in fam.samples if s.name.endswith("_total")))
 
 
 def median(values: Sequence[float]) -> float:
@@ -207,8 +214,8 @@ def redis_server() -> Iterator[RedisServer]:
     """Start our own redis-server and stop it by its pid afterwards."""
     with temp_dir("redis") as directory:
         server = RedisServer(directory=directory)
-        server.start()
         try:
+            server.start()  # inside: a server that never answers PING is stopped too
             yield server
         finally:
             server.stop()

@@ -112,16 +112,16 @@ def _gunicorn(name: str, app: str, workdir: Path, **env: str) -> Iterator[Server
             cwd=REPO, env=environ, stdout=out, stderr=subprocess.STDOUT,
         )
     server = Server(name=name, app=app, port=port, proc=proc, log_path=log_path)
-    workers: list[int] = []
     try:
         wait_until(
             lambda: len(server.worker_pids()) == 2 and _get(f"{server.url}/?user=warm")[0] == 200,
             60,
             f"gunicorn {name} on {port} (log {log_path})",
         )
-        workers = server.workers = server.worker_pids()
+        server.workers = server.worker_pids()
         yield server
     finally:
+        workers = server.worker_pids()  # as they are now: also after a failed start or a replacement
         stop_process(proc, timeout_s=20)
         for pid in workers:  # a worker the master could not reap in time
             if Path(f"/proc/{pid}").exists():

@@ -21,13 +21,13 @@ import os
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 from benchmarks._common import (
     PYTHON,
     LineWorker,
     clean_env,
+    counter_total,
     emit,
     event_specs,
     log,
@@ -35,6 +35,7 @@ from benchmarks._common import (
     now_iso,
     p90,
     redis_server,
+    require_multiprocess_env,
     started_exporter,
     temp_dir,
     to_litestar_events,
@@ -45,10 +46,6 @@ YIELD_EVERY = 100
 DISTINCT_USERS = 12_000
 
 # -- the measuring subprocess ------------------------------------------------------------------------
-
-
-def _counter_total(metric: Any) -> float:
-    return float(sum(s.value for fam in metric.collect() for s in fam.samples if s.name.endswith("_total")))
 
 
 async def _build(candidate: str, redis_url: str | None) -> tuple[Callable[[Any], Awaitable[None]], Any]:
@@ -135,15 +132,15 @@ async def _serve(candidate: str, events_per_round: int, redis_url: str | None) -
         emit({"record_us": (t1 - t0) / 1e3 / n, "flush_us": (t2 - t1) / 1e3 / n})
     result: dict[str, Any] = {"candidate": candidate, "pid": os.getpid(), "recorded": recorded}
     if flagmetrics:
-        result["counted"] = _counter_total(handle.evaluations_counter)
-        result["dropped"] = _counter_total(handle.metrics.dropped_events)
+        result["counted"] = counter_total(handle.evaluations_counter)
+        result["dropped"] = counter_total(handle.metrics.dropped_events)
         snapshot = await handle.fleet_snapshot()
         result["store_events"] = sum(s.total for s in snapshot.flags.values()) if snapshot else None
         await handle.close()
     elif candidate == "reference":
-        result["counted"] = _counter_total(handle.evaluations_counter)
+        result["counted"] = counter_total(handle.evaluations_counter)
     elif candidate == "floor":
-        result["counted"] = _counter_total(handle)
+        result["counted"] = counter_total(handle)
     return result
 
 
@@ -216,10 +213,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--events", type=int, default=20_000)
     parser.add_argument("--redis-url")
     args = parser.parse_args(argv)
-    if not Path(os.environ.get("PROMETHEUS_MULTIPROC_DIR") or "/nonexistent").is_dir():
-        raise SystemExit("run me with PROMETHEUS_MULTIPROC_DIR set to an existing directory")
-    if "prometheus_client" in sys.modules:
-        raise SystemExit("prometheus_client was imported before the multiprocess directory was set")
+    require_multiprocess_env()
     emit(asyncio.run(_serve(args.worker, args.events, args.redis_url)))
 
 

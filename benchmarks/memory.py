@@ -23,6 +23,7 @@ from benchmarks._common import (
     FLAG_VARIANTS,
     PYTHON,
     clean_env,
+    counter_total,
     emit,
     log,
     now_iso,
@@ -125,10 +126,7 @@ async def _measure(candidate: str, users: int, flags: int, redis_url: str | None
     }
     if flagmetrics:
         snapshot = await exporter.fleet_snapshot()
-        result["dropped"] = sum(
-            s.value for fam in exporter.metrics.dropped_events.collect() for s in fam.samples
-            if s.name.endswith("_total")
-        )
+        result["dropped"] = counter_total(exporter.metrics.dropped_events)
         result["estimated_users"] = (
             {k: v.unique_users for k, v in snapshot.flags.items()} if snapshot is not None else None
         )

@@ -27,6 +27,7 @@ from typing import Any, ClassVar
 from benchmarks._common import (
     PYTHON,
     clean_env,
+    counter_total,
     emit,
     event_specs,
     log,
@@ -167,10 +168,7 @@ async def _measure(redis_url: str, rates: list[int], window_s: float, sustain_s:
         round_trips = CountingConnection.sends
         snap = await exporter.fleet_snapshot()
         delivered = (sum(s.total for s in snap.flags.values()) if snap else 0) - base_total
-        dropped = sum(
-            s.value for fam in exporter.metrics.dropped_events.collect() for s in fam.samples
-            if s.name.endswith("_total")
-        )
+        dropped = counter_total(exporter.metrics.dropped_events)
         await exporter.close()
         sustained[name] = {
             "events": sent,

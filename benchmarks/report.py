@@ -896,7 +896,7 @@ def accuracy(data: dict[str, Any], charts: Charts, verdicts: list[list[str]]) ->
         rows.append(
             [
                 "RedisStore" if store == "redis" else "LocalStore",
-                "100,000 (2 writers, 20,000 shared)",
+                f"{m['truth']:,} (2 writers, {m['sum_of_workers'] - m['truth']:,} shared)",
                 "1",
                 f"{m['estimate']:,} (sum of workers: {m['sum_of_workers']:,})",
                 f"{m['error_pct']:+.2f}",
