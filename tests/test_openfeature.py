@@ -276,11 +276,13 @@ def test_failing_exporter_never_changes_the_evaluation(make: Any, caplog: pytest
 def test_hook_survives_a_broken_hook_context(
     exporter: PrometheusExporter, registry: CollectorRegistry
 ) -> None:
-    """Even a HookContext without the expected attributes cannot make the hook raise."""
+    """Even a HookContext without the expected attributes cannot make the hook raise; the loss is counted."""
     hook = MetricsHook(exporter)
     assert hook.before(object(), {}) is None  # type: ignore[arg-type]
     hook.finally_after(object(), object(), {})  # type: ignore[arg-type]
-    assert value(registry, EVALUATIONS, flag_key="dark_mode", reason="STATIC", variant="on") == 0
+    assert value(registry, INVALID, defect="event") == 1
+    evaluations = [s for m in registry.collect() if m.name == EVALUATIONS.removesuffix("_total") for s in m.samples]
+    assert [s for s in evaluations if s.name == EVALUATIONS] == []
 
 
 # -- event loops and threads ---------------------------------------------------------------------------

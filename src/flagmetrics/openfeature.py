@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import MutableMapping
 from enum import Enum
@@ -94,7 +95,13 @@ class MetricsHook(Hook):
             )
             self._exporter.record_sync(event)
         except Exception:
-            self._log.warning("hook", "flagmetrics: could not record an OpenFeature evaluation")
+            # Counted as an event that could not be read, as the exporter counts its own.
+            with contextlib.suppress(Exception):
+                self._exporter.metrics.invalid_events.labels(defect="event").inc()
+            self._log.warning(
+                "hook", "flagmetrics: could not record an OpenFeature evaluation "
+                "(counted in flagmetrics_invalid_events_total{defect=\"event\"})",
+            )
 
 
 def install(exporter: PrometheusExporter, client: OpenFeatureClient | None = None) -> MetricsHook:
