@@ -1215,7 +1215,12 @@ def test_two_prefixes_share_a_registry() -> None:
     registry = CollectorRegistry()
     first = PrometheusExporter(registry=registry, prefix="one")
     second = PrometheusExporter(registry=registry, prefix="two")
-    assert first.evaluations_counter is not second.evaluations_counter
+    first.record_sync(ev())
+    second.record_sync(ev())
+    second.record_sync(ev())
+    labels = {"flag_key": "f", "reason": "DEFAULT", "variant": "on"}
+    assert registry.get_sample_value("one_feature_flag_evaluations_total", labels) == 1.0
+    assert registry.get_sample_value("two_feature_flag_evaluations_total", labels) == 2.0
 
 
 def test_exposes_its_metric_objects_and_settings(server: fakeredis.FakeServer) -> None:
