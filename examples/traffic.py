@@ -48,6 +48,13 @@ class Tally:
         self.evaluations[(request.flag_key, reason, variant)] += 1
         self.users.setdefault(request.flag_key, set()).add(request.user)
 
+    def update(self, other: Tally) -> None:
+        """Add what another run's tally saw."""
+        self.evaluations.update(other.evaluations)
+        for flag_key, users in other.users.items():
+            self.users.setdefault(flag_key, set()).update(users)
+        self.failed_requests += other.failed_requests
+
     def totals(self) -> Counter[str]:
         totals: Counter[str] = Counter()
         for (flag_key, _, _), count in self.evaluations.items():

@@ -23,10 +23,12 @@ import fakeredis
 import httpx
 import pytest
 import redis
-from prometheus_client import values
+from prometheus_client import CollectorRegistry, values
+from prometheus_client.parser import text_string_to_metric_families
 
 from examples.traffic import Tally, parse_scrape
 from flagmetrics import LocalStore, RedisStore
+from flagmetrics.buffer import digest_users
 from flagmetrics.stores.base import Batch, FlagDelta, Pin, Snapshot, Store
 
 StoreT = TypeVar("StoreT", bound=Store)
@@ -127,6 +129,28 @@ def assert_scrape_is_true(tally: Tally, text: str) -> None:
     assert scrape.samples["flagmetrics_dropped_events_total"] == 0.0
 
 
+def assert_promtool_accepts(body: bytes) -> None:
+    """`promtool check metrics` passes a scrape and has nothing to say about it."""
+    promtool = require_binary("promtool", "prometheus")
+    result = subprocess.run([promtool, "check", "metrics"], input=body, capture_output=True, timeout=30, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout + result.stderr == b""
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of a text scrape, keyed by name and sorted labels."""
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def sample_value(registry: CollectorRegistry, name: str, **labels: str) -> float:
+    """A sample of `registry`, 0 when it does not exist (yet)."""
+    return registry.get_sample_value(name, labels) or 0.0
+
+
 @pytest.fixture
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """No FLAGMETRICS_* settings and no multiprocess directory leak into a test from the environment."""
@@ -145,6 +169,15 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 def server() -> fakeredis.FakeServer:
     """A fakeredis server for fast unit tests (the real one is `redis_server`)."""
     return fakeredis.FakeServer()
+
+
+UNICODE_KEY = ("flag-ключ-🚩-名前-" * 20)[:200]
+"""A flag key of 200 characters outside ASCII."""
+
+
+def users(first: int, stop: int) -> frozenset[bytes]:
+    """The digests of user ids user-`first` to user-`stop - 1`, as a batch carries them."""
+    return digest_users((f"user-{i}" for i in range(first, stop)), b"")
 
 
 def batch(seq: int, flags: dict[str, FlagDelta], pins: dict[str, Pin] | None = None, writer: str = "w") -> Batch:
@@ -208,7 +241,11 @@ class RedisServer:
             *self.extra_args,
         ]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for(lambda: self.client().ping(), 10, f"redis-server on port {self.port}")
+        try:
+            wait_for(lambda: self.client().ping(), 10, f"redis-server on port {self.port}")
+        except BaseException:  # pytest's failure included: never leave a server that did not answer
+            self.stop()
+            raise
 
     def stop(self) -> None:
         """Stop the server gracefully."""

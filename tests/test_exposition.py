@@ -16,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from flagmetrics import PrometheusExporter, RedisStore, StoreError
 from flagmetrics.exposition import render, render_snapshot
 from flagmetrics.stores.base import Batch, FlagStats, Snapshot
+from tests.conftest import samples
 
 pytestmark = pytest.mark.usefixtures("clean_env")
 
@@ -78,14 +79,6 @@ def scrape(exporter: PrometheusExporter, accept: str | None = None, *events: Any
 
     body, content_type = asyncio.run(main())
     return body.decode(), content_type
-
-
-def samples(body: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(body)
-        for sample in family.samples
-    }
 
 
 def family_names(body: str) -> set[str]:

@@ -31,9 +31,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import require_binary
+from tests.conftest import REPO, require_binary
 
-REPO = Path(__file__).resolve().parent.parent
 DASHBOARD = REPO / "examples" / "grafana" / "dashboard.json"
 
 # Stand-ins for Grafana's built-in interval variables; any other `$var` becomes a plain word, which

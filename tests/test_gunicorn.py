@@ -10,9 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import REPO
+from tests.conftest import REPO, samples
 
 pytestmark = pytest.mark.usefixtures("clean_env")
 
@@ -120,14 +119,6 @@ def test_child_exit_folds_a_dead_worker_without_changing_the_scrape(tmp_path: Pa
     assert samples(after).keys() == samples(before).keys()
     for key, value in samples(before).items():
         assert math.isclose(samples(after)[key], value, rel_tol=1e-12), key
-
-
-def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
 
 
 def test_compact_leaves_a_live_pid_alone(tmp_path: Path) -> None:

@@ -27,6 +27,7 @@ from prometheus_client import CollectorRegistry
 from flagmetrics import LocalStore, PrometheusExporter
 from flagmetrics.litestar import FlagMetricsPlugin
 from flagmetrics.litestar_flags import instrument
+from tests.conftest import sample_value
 
 pytestmark = pytest.mark.usefixtures("clean_env")
 
@@ -39,10 +40,6 @@ FLAGS = [
     ),
     FeatureFlag(key="banner", name="banner", flag_type=FlagType.STRING, default_value={"text": "hi"}),
 ]
-
-
-def value(registry: CollectorRegistry, name: str, **labels: str) -> float:
-    return registry.get_sample_value(name, labels) or 0.0
 
 
 def exporter_and_registry() -> tuple[PrometheusExporter, CollectorRegistry]:
@@ -79,13 +76,13 @@ def test_plugin_next_to_feature_flags_plugin_counts_every_evaluation(metrics_fir
     fleet = LocalStore(str(tmp_path)).read().flags  # delivered by the final flush at shutdown
 
     counted = "feature_flag_evaluations_total"
-    assert value(registry, counted, flag_key="static_on", reason="STATIC", variant="") == 3
-    assert value(registry, counted, flag_key="beta", reason="TARGETING_MATCH", variant="beta") == 3
-    assert value(registry, counted, flag_key="missing", reason="ERROR", variant="") == 3
-    assert value(registry, counted, flag_key="banner", reason="ERROR", variant="") == 3
+    assert sample_value(registry, counted, flag_key="static_on", reason="STATIC", variant="") == 3
+    assert sample_value(registry, counted, flag_key="beta", reason="TARGETING_MATCH", variant="beta") == 3
+    assert sample_value(registry, counted, flag_key="missing", reason="ERROR", variant="") == 3
+    assert sample_value(registry, counted, flag_key="banner", reason="ERROR", variant="") == 3
     errors = "feature_flag_evaluation_errors_total"
-    assert value(registry, errors, flag_key="missing", error_code="FLAG_NOT_FOUND") == 3
-    assert value(registry, errors, flag_key="banner", error_code="TYPE_MISMATCH") == 3
+    assert sample_value(registry, errors, flag_key="missing", error_code="FLAG_NOT_FOUND") == 3
+    assert sample_value(registry, errors, flag_key="banner", error_code="TYPE_MISMATCH") == 3
     assert {flag: (stats.total, stats.errors) for flag, stats in fleet.items()} == {
         "static_on": (3, 0),
         "beta": (3, 0),
@@ -108,8 +105,9 @@ def test_instrument_keeps_the_clients_own_collector() -> None:
 
     asyncio.run(scenario())
     assert len(asyncio.run(own.get_events())) == 1  # litestar-flags reports only what its engine ran
-    assert value(registry, "feature_flag_evaluations_total", flag_key="static_on", reason="STATIC", variant="") == 1
-    assert value(registry, "feature_flag_evaluations_total", flag_key="missing", reason="ERROR", variant="") == 1
+    evaluations = "feature_flag_evaluations_total"
+    assert sample_value(registry, evaluations, flag_key="static_on", reason="STATIC", variant="") == 1
+    assert sample_value(registry, evaluations, flag_key="missing", reason="ERROR", variant="") == 1
 
 
 def test_instrument_twice_counts_once() -> None:
@@ -117,7 +115,7 @@ def test_instrument_twice_counts_once() -> None:
     storage = MemoryStorageBackend()
     client = instrument(instrument(FeatureFlagClient(storage=storage), exporter), exporter)
     asyncio.run(client.is_enabled("missing"))
-    assert value(registry, "feature_flag_evaluations_total", flag_key="missing", reason="ERROR", variant="") == 1
+    assert sample_value(registry, "feature_flag_evaluations_total", flag_key="missing", reason="ERROR", variant="") == 1
 
 
 def test_exporter_is_a_litestar_flags_analytics_collector() -> None:

@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry
 from flagmetrics import LocalStore, PrometheusExporter
 from flagmetrics.openfeature import MetricsHook, install
 from flagmetrics.stores.base import FlagStats
+from tests.conftest import sample_value
 
 pytestmark = pytest.mark.usefixtures("clean_env")
 
@@ -102,10 +103,6 @@ def client_for(exporter: Any, provider: InMemoryProvider | None = None) -> OpenF
     return client
 
 
-def value(registry: CollectorRegistry, name: str, **labels: str) -> float:
-    return registry.get_sample_value(name, labels) or 0.0
-
-
 def fleet(exporter: PrometheusExporter) -> dict[str, FlagStats]:
     """Flush the buffer to the store and read the fleet figures, on a loop of their own."""
 
@@ -132,10 +129,10 @@ def test_static_evaluation_is_counted_with_variant_and_duration(
         details = client.get_boolean_details("dark_mode", False)
         assert (details.value, details.reason, details.variant) == (True, Reason.STATIC, "on")
 
-    assert value(registry, EVALUATIONS, flag_key="dark_mode", reason="STATIC", variant="on") == 3
-    assert value(registry, DURATION_COUNT, flag_key="dark_mode") == 3
-    assert 0 < value(registry, DURATION_SUM, flag_key="dark_mode") < 1
-    assert value(registry, INVALID, defect="duration") == 0
+    assert sample_value(registry, EVALUATIONS, flag_key="dark_mode", reason="STATIC", variant="on") == 3
+    assert sample_value(registry, DURATION_COUNT, flag_key="dark_mode") == 3
+    assert 0 < sample_value(registry, DURATION_SUM, flag_key="dark_mode") < 1
+    assert sample_value(registry, INVALID, defect="duration") == 0
     assert fleet(exporter)["dark_mode"] == FlagStats(total=3, errors=0, unique_users=0)
 
 
@@ -147,8 +144,8 @@ def test_targeting_match_and_unique_users(exporter: PrometheusExporter, registry
     client.context = EvaluationContext(targeting_key="vip-3")
     assert client.get_string_value("checkout", "fallback") == "v2"
 
-    assert value(registry, EVALUATIONS, flag_key="checkout", reason="TARGETING_MATCH", variant="beta") == 4
-    assert value(registry, EVALUATIONS, flag_key="checkout", reason="DEFAULT", variant="classic") == 2
+    assert sample_value(registry, EVALUATIONS, flag_key="checkout", reason="TARGETING_MATCH", variant="beta") == 4
+    assert sample_value(registry, EVALUATIONS, flag_key="checkout", reason="DEFAULT", variant="classic") == 2
     assert fleet(exporter)["checkout"] == FlagStats(total=6, errors=0, unique_users=4)
 
 
@@ -156,8 +153,8 @@ def test_custom_reason_is_counted_as_unknown_without_a_defect(
     exporter: PrometheusExporter, registry: CollectorRegistry
 ) -> None:
     assert client_for(exporter).get_boolean_value("custom", False) is True
-    assert value(registry, EVALUATIONS, flag_key="custom", reason="UNKNOWN", variant="on") == 1
-    assert value(registry, INVALID, defect="reason") == 0
+    assert sample_value(registry, EVALUATIONS, flag_key="custom", reason="UNKNOWN", variant="on") == 1
+    assert sample_value(registry, INVALID, defect="reason") == 0
 
 
 # -- errors ------------------------------------------------------------------------------------------
@@ -169,9 +166,9 @@ def test_flag_not_found_is_counted_as_error(
     client = client_for(exporter)
     assert client.get_boolean_value("missing", True, EvaluationContext(targeting_key="u1")) is True
 
-    assert value(registry, EVALUATIONS, flag_key="missing", reason="ERROR", variant="") == 1
-    assert value(registry, ERRORS, flag_key="missing", error_code="FLAG_NOT_FOUND") == 1
-    assert value(registry, DURATION_COUNT, flag_key="missing") == 1
+    assert sample_value(registry, EVALUATIONS, flag_key="missing", reason="ERROR", variant="") == 1
+    assert sample_value(registry, ERRORS, flag_key="missing", error_code="FLAG_NOT_FOUND") == 1
+    assert sample_value(registry, DURATION_COUNT, flag_key="missing") == 1
     assert fleet(exporter)["missing"] == FlagStats(total=1, errors=1, unique_users=1)
 
 
@@ -180,8 +177,8 @@ def test_type_mismatch_is_counted_as_error(exporter: PrometheusExporter, registr
     details = client.get_boolean_details("not_a_bool", False)
     assert (details.value, details.error_code) == (False, ErrorCode.TYPE_MISMATCH)
 
-    assert value(registry, EVALUATIONS, flag_key="not_a_bool", reason="ERROR", variant="") == 1
-    assert value(registry, ERRORS, flag_key="not_a_bool", error_code="TYPE_MISMATCH") == 1
+    assert sample_value(registry, EVALUATIONS, flag_key="not_a_bool", reason="ERROR", variant="") == 1
+    assert sample_value(registry, ERRORS, flag_key="not_a_bool", error_code="TYPE_MISMATCH") == 1
     assert fleet(exporter)["not_a_bool"] == FlagStats(total=1, errors=1, unique_users=0)
 
 
@@ -191,9 +188,9 @@ def test_error_code_under_another_reason_is_counted_as_error(
     details = client_for(exporter).get_boolean_details("broken", True)
     assert (details.reason, details.error_code) == (Reason.DEFAULT, ErrorCode.PARSE_ERROR)
 
-    assert value(registry, EVALUATIONS, flag_key="broken", reason="ERROR", variant="") == 1
-    assert value(registry, EVALUATIONS, flag_key="broken", reason="DEFAULT", variant="") == 0
-    assert value(registry, ERRORS, flag_key="broken", error_code="PARSE_ERROR") == 1
+    assert sample_value(registry, EVALUATIONS, flag_key="broken", reason="ERROR", variant="") == 1
+    assert sample_value(registry, EVALUATIONS, flag_key="broken", reason="DEFAULT", variant="") == 0
+    assert sample_value(registry, ERRORS, flag_key="broken", error_code="PARSE_ERROR") == 1
 
 
 def test_evaluation_refused_before_the_before_stage_is_still_recorded(
@@ -208,9 +205,9 @@ def test_evaluation_refused_before_the_before_stage_is_still_recorded(
 
     assert client.get_boolean_value("dark_mode", False) is False
 
-    assert value(registry, ERRORS, flag_key="dark_mode", error_code="PROVIDER_FATAL") == 1
-    assert value(registry, DURATION_COUNT, flag_key="dark_mode") == 1
-    assert value(registry, INVALID, defect="duration") == 0
+    assert sample_value(registry, ERRORS, flag_key="dark_mode", error_code="PROVIDER_FATAL") == 1
+    assert sample_value(registry, DURATION_COUNT, flag_key="dark_mode") == 1
+    assert sample_value(registry, INVALID, defect="duration") == 0
 
 
 # -- the hook never harms the evaluation ---------------------------------------------------------------
@@ -280,7 +277,7 @@ def test_hook_survives_a_broken_hook_context(
     hook = MetricsHook(exporter)
     assert hook.before(object(), {}) is None  # type: ignore[arg-type]
     hook.finally_after(object(), object(), {})  # type: ignore[arg-type]
-    assert value(registry, INVALID, defect="event") == 1
+    assert sample_value(registry, INVALID, defect="event") == 1
     evaluations = [s for m in registry.collect() if m.name == EVALUATIONS.removesuffix("_total") for s in m.samples]
     assert [s for s in evaluations if s.name == EVALUATIONS] == []
 
@@ -310,8 +307,8 @@ def test_hook_inside_a_running_event_loop(exporter: PrometheusExporter, registry
     flags = asyncio.run(main())
     assert flags["dark_mode"] == FlagStats(total=2, errors=0, unique_users=2)
     assert flags["missing"] == FlagStats(total=1, errors=1, unique_users=0)
-    assert value(registry, EVALUATIONS, flag_key="dark_mode", reason="STATIC", variant="on") == 2
-    assert value(registry, ERRORS, flag_key="missing", error_code="FLAG_NOT_FOUND") == 1
+    assert sample_value(registry, EVALUATIONS, flag_key="dark_mode", reason="STATIC", variant="on") == 2
+    assert sample_value(registry, ERRORS, flag_key="missing", error_code="FLAG_NOT_FOUND") == 1
 
 
 def test_hook_from_many_threads_counts_exactly(
@@ -338,7 +335,7 @@ def test_hook_from_many_threads_counts_exactly(
         sys.setswitchinterval(interval)
 
     total = threads * per_thread
-    assert value(registry, EVALUATIONS, flag_key="dark_mode", reason="STATIC", variant="on") == total
+    assert sample_value(registry, EVALUATIONS, flag_key="dark_mode", reason="STATIC", variant="on") == total
     assert fleet(exporter)["dark_mode"] == FlagStats(total=total, errors=0, unique_users=threads * 2)
 
 
@@ -355,7 +352,7 @@ def test_install_on_a_client_is_idempotent(exporter: PrometheusExporter, registr
     assert client.hooks == [hook]
     assert api.get_hooks() == []
     client.get_boolean_value("dark_mode", False)
-    assert value(registry, EVALUATIONS, flag_key="dark_mode", reason="STATIC", variant="on") == 1
+    assert sample_value(registry, EVALUATIONS, flag_key="dark_mode", reason="STATIC", variant="on") == 1
 
 
 def test_install_globally_reports_every_client(
@@ -369,7 +366,7 @@ def test_install_globally_reports_every_client(
     assert api.get_hooks() == [hook]
     api.get_client(domain).get_boolean_value("dark_mode", False)
     api.get_client(domain).get_boolean_value("dark_mode", False)
-    assert value(registry, EVALUATIONS, flag_key="dark_mode", reason="STATIC", variant="on") == 2
+    assert sample_value(registry, EVALUATIONS, flag_key="dark_mode", reason="STATIC", variant="on") == 2
 
 
 def test_invocation_level_hook(exporter: PrometheusExporter, registry: CollectorRegistry) -> None:
@@ -378,5 +375,5 @@ def test_invocation_level_hook(exporter: PrometheusExporter, registry: Collector
     options = FlagEvaluationOptions(hooks=[MetricsHook(exporter)])
 
     assert api.get_client(domain).get_boolean_value("dark_mode", False, flag_evaluation_options=options)
-    assert value(registry, EVALUATIONS, flag_key="dark_mode", reason="STATIC", variant="on") == 1
-    assert value(registry, DURATION_COUNT, flag_key="dark_mode") == 1
+    assert sample_value(registry, EVALUATIONS, flag_key="dark_mode", reason="STATIC", variant="on") == 1
+    assert sample_value(registry, DURATION_COUNT, flag_key="dark_mode") == 1

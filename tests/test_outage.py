@@ -29,13 +29,6 @@ def requests_for(first_user: int, users: int) -> list[Request]:
     ]
 
 
-def merge(into: Tally, more: Tally) -> None:
-    into.evaluations.update(more.evaluations)
-    for flag, users in more.users.items():
-        into.users.setdefault(flag, set()).update(users)
-    into.failed_requests += more.failed_requests
-
-
 def assert_outage_scrape(app: Gunicorn, tally: Tally) -> None:
     """During an outage: 200 within 1 s, exact counters, store_up 0 and no fleet gauges."""
     started = time.monotonic()
@@ -92,7 +85,7 @@ def test_redis_killed_mid_run_and_flapping(
         part = asyncio.run(send(app.url, requests_for(first, 200)))
         first += 200
         assert part.failed_requests == 0
-        merge(tally, part)
+        tally.update(part)
         if up:
             wait_for(lambda: landed(tally, app), 15, "evaluations to land")
             redis_server.kill()

@@ -17,10 +17,9 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import require_binary
+from tests.conftest import REPO, require_binary
 from tests.test_grafana_dashboard import exported_metric_names, metric_names
 
-REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples" / "prometheus"
 RULES = EXAMPLES / "rules.yml"
 RULES_TEST = EXAMPLES / "rules_test.yml"

@@ -27,12 +27,11 @@ import pytest
 import yaml
 
 from examples.traffic import Tally, plan, send
-from tests.conftest import LOOPBACK, Gunicorn, free_port, landed, require_binary, stop_process, wait_for
+from tests.conftest import LOOPBACK, REPO, Gunicorn, free_port, landed, require_binary, stop_process, wait_for
 from tests.test_grafana_dashboard import TARGETS, metric_names, promql
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(60)]
 
-REPO = Path(__file__).resolve().parent.parent
 RULES = REPO / "examples" / "prometheus" / "rules.yml"
 USERS = 1_000
 BUDGET_S = 50.0  # the whole test, startup included; pytest-timeout kills it at 60 s
@@ -129,16 +128,6 @@ def prometheus(tmp_path: Path) -> Iterator[Callable[[str], Prometheus]]:
             stop_process(server.proc)
 
 
-def _merged(first: Tally, second: Tally) -> Tally:
-    tally = Tally()
-    for part in (first, second):
-        tally.evaluations.update(part.evaluations)
-        for flag, users in part.users.items():
-            tally.users.setdefault(flag, set()).update(users)
-        tally.failed_requests += part.failed_requests
-    return tally
-
-
 def _send(app: Gunicorn, requests: list[Any]) -> Tally:
     tally = asyncio.run(send(app.url, requests))
     assert tally.failed_requests == 0
@@ -181,7 +170,9 @@ def test_prometheus_stores_the_fleet_truth(
     wait_for(lambda: _shows(prom, first), remaining(), "prometheus to store the first half", interval_s=0.1)
 
     second = _send(app, requests[len(first_requests) :])
-    tally = _merged(first, second)
+    tally = Tally()
+    tally.update(first)
+    tally.update(second)
     assert any(reason == "ERROR" for _, reason, _ in tally.evaluations)
     wait_for(lambda: landed(tally, app), remaining(), "the second half's flushes to land in /metrics")
     wait_for(lambda: _shows(prom, tally), remaining(), "prometheus to store all the traffic", interval_s=0.1)

@@ -20,15 +20,13 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from flagmetrics import PrometheusExporter
-from flagmetrics.buffer import digest_users
 from flagmetrics.exceptions import StoreError
 from flagmetrics.stores.base import Batch, FlagDelta, Pin, Snapshot
 from flagmetrics.stores.local import _FILE_SIZE, LocalStore
-from tests.conftest import batch, run_with, wait_for
+from tests.conftest import UNICODE_KEY, batch, run_with, users, wait_for
 
 LOCK_FILE = "flagmetrics-state.lock"
 FLAG_FILES = "flagmetrics-flag-*.bin"
-UNICODE_KEY = ("flag-ключ-🚩-名前-" * 20)[:200]
 
 # A worker process: hashes users first..stop-1 into batches of `step` (each user evaluated twice,
 # one error per batch), waits for the go file, pushes them all into the directory, and exits.
@@ -75,8 +73,6 @@ while True:
 """
 
 
-def users(first: int, stop: int) -> frozenset[bytes]:
-    return digest_users((f"user-{i}" for i in range(first, stop)), b"")
 
 
 
@@ -239,8 +235,10 @@ def test_closing_while_a_flush_waits_for_the_lock_applies_the_batch_once(tmp_pat
             # The periodic flush has cut the batch and its thread is now blocked on the lock.
             await asyncio.to_thread(wait_for, lambda: exporter._buffer.in_flight is not None, 10, "a flush")
             closing = asyncio.create_task(exporter.close(timeout_s=5))
-            await asyncio.sleep(0.1)  # close() cancels the periodic flush and retries the batch
-            assert not closing.done()
+            # close() cancels the periodic flush (whose thread goes on waiting) and sends the batch again.
+            cancelled = lambda: exporter._flusher._task is None  # noqa: E731
+            await asyncio.to_thread(wait_for, cancelled, 10, "close() to cancel the periodic flush")
+            assert not closing.done()  # its delivery waits for the lock too
         await closing
 
     asyncio.run(scenario())

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
 from collections import Counter
 from typing import Any
 
@@ -14,18 +13,14 @@ from prometheus_client import CollectorRegistry
 from redis.asyncio.connection import AbstractConnection
 
 from flagmetrics import PrometheusExporter, RedisStore
-from flagmetrics.buffer import digest_users
 from flagmetrics.events import Evaluation
 from flagmetrics.exceptions import ConfigurationError, StoreError
 from flagmetrics.stores.base import FlagDelta, Pin, Snapshot
-from tests.conftest import RedisServer, batch, run_with, wait_for
+from tests.conftest import UNICODE_KEY, RedisServer, batch, run_with, users, wait_for
 
 PREFIX = "fm-test"
-UNICODE_KEY = ("flag-ключ-🚩-名前-" * 20)[:200]
 
 
-def users(first: int, stop: int) -> frozenset[bytes]:
-    return digest_users((f"user-{i}" for i in range(first, stop)), b"")
 
 
 
@@ -391,13 +386,10 @@ def test_from_url_rejects_a_bad_url_without_showing_the_password(url: str) -> No
 # -- the flusher in front of a real Redis --------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("clean_env")
 def test_a_refused_batch_is_dropped_after_3_attempts_and_later_batches_are_delivered(
-    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+    redis_server: RedisServer,
 ) -> None:
-    # Settings come from the environment: keep the test's own out of it.
-    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
-    for name in [name for name in os.environ if name.startswith("FLAGMETRICS_")]:
-        monkeypatch.delenv(name)
     client = redis_server.client()
     client.set("flagmetrics:totals", "not a hash")
     registry = CollectorRegistry()
