@@ -151,6 +151,18 @@ def sample_value(registry: CollectorRegistry, name: str, **labels: str) -> float
     return registry.get_sample_value(name, labels) or 0.0
 
 
+def clean_environ(**extra: str) -> dict[str, str]:
+    """This process's environment without FLAGMETRICS_* and multiprocess variables, plus `extra`."""
+    environ = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("FLAGMETRICS_", "PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir"))
+    }
+    environ["PYTHONPATH"] = str(REPO)
+    environ.update(extra)
+    return environ
+
+
 @pytest.fixture
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """No FLAGMETRICS_* settings and no multiprocess directory leak into a test from the environment."""
@@ -350,17 +362,11 @@ def gunicorn(tmp_path: Path) -> Iterator[Callable[..., Gunicorn]]:
         port = free_port()
         multiproc_dir = tmp_path / f"multiproc-{port}"
         log = tmp_path / f"gunicorn-{port}.log"
-        environ = {
-            k: v
-            for k, v in os.environ.items()
-            if not k.startswith(("FLAGMETRICS_", "PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir"))
-        }
-        environ.update(
+        environ = clean_environ(
             BIND=f"{LOOPBACK}:{port}",
             WEB_CONCURRENCY=str(workers),
             PROMETHEUS_MULTIPROC_DIR=str(multiproc_dir),
             FLAGMETRICS_FLUSH_INTERVAL_S="0.2",
-            PYTHONPATH=str(REPO),
         )
         environ.update(env)
         with log.open("wb") as out:

@@ -25,7 +25,7 @@ from flagmetrics import PrometheusExporter, RedisStore, __version__
 from flagmetrics.cli import main
 from flagmetrics.events import Evaluation
 from flagmetrics.stores.base import Store
-from tests.conftest import LOOPBACK, REPO, RedisServer, free_port, stop_process, wait_for
+from tests.conftest import LOOPBACK, REPO, RedisServer, clean_environ, free_port, stop_process, wait_for
 
 pytestmark = pytest.mark.usefixtures("clean_env")
 
@@ -75,18 +75,6 @@ async def populate(store: Store) -> None:
     exporter.update_from_metrics(*PINNED)
     await exporter.flush()
     await exporter.close()
-
-
-def clean_environ(**extra: str) -> dict[str, str]:
-    """This process's environment without FLAGMETRICS_* and multiprocess variables, plus `extra`."""
-    environ = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("FLAGMETRICS_", "PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir"))
-    }
-    environ["PYTHONPATH"] = str(REPO)
-    environ.update(extra)
-    return environ
 
 
 def write_directory(path: Path) -> None:
