@@ -759,7 +759,7 @@ def e2e(data: dict[str, Any], charts: Charts, verdicts: list[list[str]]) -> Line
         f"gunicorn (`gunicorn.conf.py`, WEB_CONCURRENCY=2 uvicorn workers, BIND on a free port), all servers "
         f"up at once and loaded one at a time in rotated order, {data['rounds']} rounds of "
         f"`{data['wrk']}` after a warm-up each; the page `/?user=…` evaluates the 4 example flags. "
-        "wrk shares the 2 cores with the servers. *off* is `benchmarks/app_off.py` (same flags and "
+        "wrk shares the machine's cores with the servers. *off* is `benchmarks/app_off.py` (same flags and "
         "handlers, no exporter); *no-op collector* lets litestar-flags build its evaluation events and "
         "drops them (the cost any collector pays); *reference* is litestar-flags 0.2.2's exporter.",
         "",
