@@ -59,9 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         description="flagmetrics benchmark suite: " + ", ".join(SECTIONS),
     )
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run for CI")
-    parser.add_argument(
-        "--only", metavar="SECTIONS", help=f"comma-separated subset of: {', '.join(SECTIONS)}"
-    )
+    parser.add_argument("--only", metavar="SECTIONS", help=f"comma-separated subset of: {', '.join(SECTIONS)}")
     parser.add_argument("--skip", metavar="SECTIONS", help="comma-separated sections to leave out")
     parser.add_argument("--report-only", action="store_true", help="only rebuild the page from saved results")
     parser.add_argument("--results", type=Path, help="directory of the per-section JSON results")

@@ -101,7 +101,12 @@ def run_json(args: Sequence[str], *, env: Mapping[str, str], timeout_s: float) -
     """Run a measuring subprocess (with a deadline) and return the JSON object on its last stdout line."""
     try:
         done = subprocess.run(
-            list(args), cwd=REPO, env=dict(env), capture_output=True, text=True, timeout=timeout_s,
+            list(args),
+            cwd=REPO,
+            env=dict(env),
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
             check=False,
         )
     except subprocess.TimeoutExpired as exc:
@@ -186,11 +191,16 @@ class RedisServer:
         self.proc = subprocess.Popen(
             [
                 binary,
-                "--port", str(self.port),
-                "--bind", LOOPBACK,
-                "--dir", str(self.directory),
-                "--save", "",
-                "--appendonly", "no",
+                "--port",
+                str(self.port),
+                "--bind",
+                LOOPBACK,
+                "--dir",
+                str(self.directory),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

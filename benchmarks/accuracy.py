@@ -50,8 +50,14 @@ async def _measure(store_name: str, redis_url: str | None, sizes: list[tuple[int
 
     def event(flag_key: str) -> Any:
         return FlagEvaluationEvent(
-            timestamp=now, flag_key=flag_key, value=True, reason=EvaluationReason.SPLIT, variant="on",
-            targeting_key=None, context_attributes={}, evaluation_duration_ms=0.2,
+            timestamp=now,
+            flag_key=flag_key,
+            value=True,
+            reason=EvaluationReason.SPLIT,
+            variant="on",
+            targeting_key=None,
+            context_attributes={},
+            evaluation_duration_ms=0.2,
         )
 
     async def feed(exporter: Any, flag_key: str, users: range, tag: str) -> None:
@@ -88,9 +94,13 @@ async def _measure(store_name: str, redis_url: str | None, sizes: list[tuple[int
     snapshot = await exporter.fleet_snapshot()
     assert snapshot is not None
     merged = snapshot.flags["acc_merge"]
-    merge = {"truth": truth, "sum_of_workers": len(first_users) + len(second_users),
-             "estimate": merged.unique_users, "error_pct": (merged.unique_users - truth) / truth * 100,
-             "evaluations": merged.total}
+    merge = {
+        "truth": truth,
+        "sum_of_workers": len(first_users) + len(second_users),
+        "estimate": merged.unique_users,
+        "error_pct": (merged.unique_users - truth) / truth * 100,
+        "evaluations": merged.total,
+    }
     dropped = counter_total(exporter.metrics.dropped_events)
     await second.close()
     await exporter.close()
@@ -104,8 +114,17 @@ def run(*, quick: bool) -> dict[str, Any]:
         log(f"accuracy: both stores, (users, trials) {sizes}, plus the two-writer merge")
         jobs = {
             store: (
-                [PYTHON, "-m", "benchmarks.accuracy", "--worker", store, "--redis-url", redis.url,
-                 "--sizes", ",".join(f"{s}x{c}" for s, c in sizes)],
+                [
+                    PYTHON,
+                    "-m",
+                    "benchmarks.accuracy",
+                    "--worker",
+                    store,
+                    "--redis-url",
+                    redis.url,
+                    "--sizes",
+                    ",".join(f"{s}x{c}" for s, c in sizes),
+                ],
                 clean_env(PROMETHEUS_MULTIPROC_DIR=str(directory)),
             )
             for store, directory in (("redis", redis_dir), ("local", local_dir))

@@ -103,13 +103,14 @@ def _gunicorn(name: str, app: str, workdir: Path, **env: str) -> Iterator[Server
     port = free_port()
     multiproc = workdir / f"multiproc-{port}"
     log_path = workdir / f"gunicorn-{port}.log"
-    environ = clean_env(
-        BIND=f"{LOOPBACK}:{port}", WEB_CONCURRENCY="2", PROMETHEUS_MULTIPROC_DIR=str(multiproc), **env
-    )
+    environ = clean_env(BIND=f"{LOOPBACK}:{port}", WEB_CONCURRENCY="2", PROMETHEUS_MULTIPROC_DIR=str(multiproc), **env)
     with log_path.open("wb") as out:
         proc = subprocess.Popen(
             [PYTHON, "-m", "gunicorn", "-c", str(REPO / "gunicorn.conf.py"), app],
-            cwd=REPO, env=environ, stdout=out, stderr=subprocess.STDOUT,
+            cwd=REPO,
+            env=environ,
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
     server = Server(name=name, app=app, port=port, proc=proc, log_path=log_path)
     try:
@@ -206,8 +207,16 @@ def run(*, quick: bool) -> dict[str, Any]:
     with temp_dir("inproc") as directory:
         log("e2e: in-process breakdown of a page (4 evaluations) by collector")
         inprocess = run_json(
-            [PYTHON, "-m", "benchmarks.e2e", "--inprocess", "--pages", "200" if quick else "300",
-             "--rounds", "1" if quick else "40"],
+            [
+                PYTHON,
+                "-m",
+                "benchmarks.e2e",
+                "--inprocess",
+                "--pages",
+                "200" if quick else "300",
+                "--rounds",
+                "1" if quick else "40",
+            ],
             env=clean_env(PROMETHEUS_MULTIPROC_DIR=str(directory)),
             timeout_s=300,
         )
@@ -299,23 +308,28 @@ async def _inprocess(pages: int, rounds: int) -> dict[str, Any]:
                 await example_exporter.flush()
             if r:
                 times[name].append((time.perf_counter_ns() - t0) / 1000 / pages)
-    profiled = await _profile_pages(
-        page, instrumented, noop=clients["no-op collector"], pages=max(pages * 10, 1000)
-    )
+    profiled = await _profile_pages(page, instrumented, noop=clients["no-op collector"], pages=max(pages * 10, 1000))
     await example_exporter.close()
-    return {"pages": pages, "rounds": rounds, "us_per_page": times,
-            "median_us_per_page": {k: median(v) for k, v in times.items()}, "profile": profiled}
+    return {
+        "pages": pages,
+        "rounds": rounds,
+        "us_per_page": times,
+        "median_us_per_page": {k: median(v) for k, v in times.items()},
+        "profile": profiled,
+    }
 
 
 # Functions whose cumulative time per page says where flagmetrics' extra time goes.
 _WATCHED = (
-    ("litestar_flags/engine.py", "_record_analytics",
-     "litestar-flags `_record_analytics` (builds the event, awaits the collector)"),
+    (
+        "litestar_flags/engine.py",
+        "_record_analytics",
+        "litestar-flags `_record_analytics` (builds the event, awaits the collector)",
+    ),
     ("flagmetrics/exporter.py", "record", "flagmetrics `PrometheusExporter.record` (whole)"),
     ("prometheus_client/values.py", "inc", "of which prometheus_client value writes (`values.inc`)"),
     ("flagmetrics/buffer.py", "add", "of which `Buffer.add`"),
-    ("flagmetrics/litestar_flags.py", "_evaluate",
-     "flagmetrics `instrument` wrapper (whole, includes the evaluation)"),
+    ("flagmetrics/litestar_flags.py", "_evaluate", "flagmetrics `instrument` wrapper (whole, includes the evaluation)"),
     ("litestar_flags/client.py", "_evaluate", "litestar-flags `FeatureFlagClient._evaluate` (whole evaluation)"),
     ("flagmetrics/flusher.py", "flush", "flagmetrics `Flusher.flush` (hash + push)"),
     ("flagmetrics/buffer.py", "cut", "of which `Buffer.cut` (BLAKE2b of the user ids, on the loop)"),

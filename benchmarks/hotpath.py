@@ -159,8 +159,15 @@ def run(*, quick: bool) -> dict[str, Any]:
             directory = stack.enter_context(temp_dir("hot"))
             worker = LineWorker(
                 [
-                    PYTHON, "-m", "benchmarks.hotpath", "--worker", candidate,
-                    "--events", str(per_round), "--redis-url", redis.url,
+                    PYTHON,
+                    "-m",
+                    "benchmarks.hotpath",
+                    "--worker",
+                    candidate,
+                    "--events",
+                    str(per_round),
+                    "--redis-url",
+                    redis.url,
                 ],
                 clean_env(PROMETHEUS_MULTIPROC_DIR=str(directory)),
                 name=f"hot path worker {candidate}",

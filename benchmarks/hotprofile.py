@@ -64,15 +64,17 @@ def _summarise(profile: cProfile.Profile, calls: int, top: int = 18) -> dict[str
     total = sum(v[2] for v in raw.values())
     rows = []
     for (filename, line, name), (_cc, ncalls, tottime, cumtime, _callers) in raw.items():
-        rows.append({
-            "function": f"{_short(filename)}:{line}({name})" if filename != "~" else name,
-            "where": _where(filename),
-            "ncalls": ncalls,
-            "calls_per_event": ncalls / calls,
-            "tottime_s": tottime,
-            "cumtime_s": cumtime,
-            "share_pct": tottime / total * 100 if total else 0.0,
-        })
+        rows.append(
+            {
+                "function": f"{_short(filename)}:{line}({name})" if filename != "~" else name,
+                "where": _where(filename),
+                "ncalls": ncalls,
+                "calls_per_event": ncalls / calls,
+                "tottime_s": tottime,
+                "cumtime_s": cumtime,
+                "share_pct": tottime / total * 100 if total else 0.0,
+            }
+        )
     rows.sort(key=lambda r: r["tottime_s"], reverse=True)
     # Group own time by package, charging built-ins (getpid, struct.pack, lock exits...) to their callers.
     groups: dict[str, float] = {}
@@ -175,8 +177,16 @@ def run(*, quick: bool) -> dict[str, Any]:
     with redis_server() as redis, temp_dir("prof") as directory:
         log(f"profile: cProfile over {events_total:,} record() calls")
         out = run_json(
-            [PYTHON, "-m", "benchmarks.hotprofile", "--worker", "--events", str(events_total),
-             "--redis-url", redis.url],
+            [
+                PYTHON,
+                "-m",
+                "benchmarks.hotprofile",
+                "--worker",
+                "--events",
+                str(events_total),
+                "--redis-url",
+                redis.url,
+            ],
             env=clean_env(PROMETHEUS_MULTIPROC_DIR=str(directory)),
             timeout_s=600,
         )

@@ -146,8 +146,19 @@ def run(*, quick: bool) -> dict[str, Any]:
             flags = 1 if candidate == "reference" else 10
             log(f"memory: {candidate}, {users:,} users x {flags} flags")
             jobs[candidate] = (
-                [PYTHON, "-m", "benchmarks.memory", "--worker", candidate, "--users", str(users),
-                 "--flags", str(flags), "--redis-url", redis.url],
+                [
+                    PYTHON,
+                    "-m",
+                    "benchmarks.memory",
+                    "--worker",
+                    candidate,
+                    "--users",
+                    str(users),
+                    "--flags",
+                    str(flags),
+                    "--redis-url",
+                    redis.url,
+                ],
                 clean_env(PROMETHEUS_MULTIPROC_DIR=str(directory)),
             )
         results = run_json_concurrently(jobs, timeout_s=120 if quick else 900)

@@ -44,9 +44,7 @@ TICK_S = 0.01
 
 def _commandstats(client: Any) -> dict[str, int]:
     stats = client.info("commandstats")
-    return {
-        name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items() if name != "cmdstat_info"
-    }
+    return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items() if name != "cmdstat_info"}
 
 
 def _bursts(times: list[float], gap_s: float = 0.25) -> list[list[float]]:
@@ -123,22 +121,24 @@ async def _measure(redis_url: str, rates: list[int], window_s: float, sustain_s:
         await exporter.close()
         server = _delta(before, after)
         evalsha = server.get("evalsha", 0)
-        rate_rows.append({
-            "target_rate": rate,
-            "events": sent,
-            "seconds": elapsed,
-            "achieved_rate": sent / elapsed,
-            "client_round_trips": sends,
-            "client_bytes": payload,
-            "server_commands": server,
-            "server_total": sum(server.values()),
-            "server_top_level": sum(server.get(k, 0) for k in ("evalsha", "ping", "script", "eval")),
-            "flushes": len(bursts),
-            "round_trips_per_flush": [len(b) for b in bursts],
-            "evalsha": evalsha,
-            "expected_flushes": elapsed / 1.0 + 1,
-            "stored_events": stored,
-        })
+        rate_rows.append(
+            {
+                "target_rate": rate,
+                "events": sent,
+                "seconds": elapsed,
+                "achieved_rate": sent / elapsed,
+                "client_round_trips": sends,
+                "client_bytes": payload,
+                "server_commands": server,
+                "server_total": sum(server.values()),
+                "server_top_level": sum(server.get(k, 0) for k in ("evalsha", "ping", "script", "eval")),
+                "flushes": len(bursts),
+                "round_trips_per_flush": [len(b) for b in bursts],
+                "evalsha": evalsha,
+                "expected_flushes": elapsed / 1.0 + 1,
+                "stored_events": stored,
+            }
+        )
 
     sustained: dict[str, Any] = {}
     for name in ("redis", "local"):
@@ -184,19 +184,37 @@ async def _measure(redis_url: str, rates: list[int], window_s: float, sustain_s:
 
 
 def run(*, quick: bool) -> dict[str, Any]:
-    rates, window_s, sustain_s = ([1_000, 10_000], 1.2, 0.5) if quick else (
-        [100, 1_000, 10_000, 50_000], 5.0, 5.0)
+    rates, window_s, sustain_s = ([1_000, 10_000], 1.2, 0.5) if quick else ([100, 1_000, 10_000, 50_000], 5.0, 5.0)
     with redis_server() as redis, temp_dir("cost") as directory:
         log(f"redis cost: rates {rates}, {window_s} s each; sustained {sustain_s} s per store")
         out = run_json(
-            [PYTHON, "-m", "benchmarks.redis_cost", "--worker", "--redis-url", redis.url,
-             "--rates", ",".join(map(str, rates)), "--window", str(window_s), "--sustain", str(sustain_s)],
+            [
+                PYTHON,
+                "-m",
+                "benchmarks.redis_cost",
+                "--worker",
+                "--redis-url",
+                redis.url,
+                "--rates",
+                ",".join(map(str, rates)),
+                "--window",
+                str(window_s),
+                "--sustain",
+                str(sustain_s),
+            ],
             env=clean_env(PROMETHEUS_MULTIPROC_DIR=str(directory)),
             timeout_s=300,
         )
         version = redis.version()
-    return {"section": "redis_cost", "date": now_iso(), "quick": quick, "window_s": window_s,
-            "sustain_s": sustain_s, "redis_version": version, **out}
+    return {
+        "section": "redis_cost",
+        "date": now_iso(),
+        "quick": quick,
+        "window_s": window_s,
+        "sustain_s": sustain_s,
+        "redis_version": version,
+        **out,
+    }
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -129,11 +129,7 @@ def _table(header: list[str], rows: list[list[str]]) -> Lines:
 
 
 def _provenance(data: dict[str, Any]) -> str:
-    quick = (
-        " — **quick smoke run: sizes far below the real ones, figures not meaningful**"
-        if data.get("quick")
-        else ""
-    )
+    quick = " — **quick smoke run: sizes far below the real ones, figures not meaningful**" if data.get("quick") else ""
     source = f" (flagmetrics at git {data['git']})" if data.get("git") else ""
     return (
         f"_Measured {data.get('date', '?')} by `{data.get('command', '?')}`{source} "
@@ -364,8 +360,7 @@ def memory(data: dict[str, Any], charts: Charts, verdicts: list[list[str]]) -> L
         growth = c[key]["growth_kb"] / 1024
         verdicts.append(
             [
-                f"memory, {NAMES[key]}: ≤ {TARGET_MEMORY_MB} MB growth after "
-                f"{c[key]['users']:,} users × 10 flags",
+                f"memory, {NAMES[key]}: ≤ {TARGET_MEMORY_MB} MB growth after {c[key]['users']:,} users × 10 flags",
                 f"{growth:.1f} MiB (peak {c[key]['peak_growth_kb'] / 1024:.1f} MiB); reference "
                 f"{c['reference']['growth_kb'] / 1024:.0f} MiB for "
                 f"{c['reference']['users']:,} users × 1 flag",
@@ -453,8 +448,7 @@ def scrape(data: dict[str, Any], charts: Charts, verdicts: list[list[str]]) -> L
     verdicts.append(
         [
             f"scrape: fleet gauges add ≤ {TARGET_REDIS_FLEET_MS:g} ms at {max_flags} flags, RedisStore",
-            f"{max(redis_1000):.2f} ms (worst over worker counts; medians "
-            f"{', '.join(f'{v:.2f}' for v in redis_1000)})",
+            f"{max(redis_1000):.2f} ms (worst over worker counts; medians {', '.join(f'{v:.2f}' for v in redis_1000)})",
             _met(max(redis_1000) <= TARGET_REDIS_FLEET_MS),
         ]
     )
@@ -491,8 +485,7 @@ def scrape(data: dict[str, Any], charts: Charts, verdicts: list[list[str]]) -> L
     pc_last = median(dead[-1]["before"]["pc_alone_ms"])
     verdicts.append(
         [
-            f"scrape: flat in dead workers (flagmetrics at {dead[-1]['dead']} dead "
-            f"≤ {TARGET_DEAD_RATIO}× at 0 dead)",
+            f"scrape: flat in dead workers (flagmetrics at {dead[-1]['dead']} dead ≤ {TARGET_DEAD_RATIO}× at 0 dead)",
             f"{fm_last:.1f} ms vs {fm0:.1f} ms = {fm_last / fm0:.2f}× (prometheus_client alone with the dead "
             f"files in place: {pc_last:.0f} ms = {pc_last / median(dead[0]['before']['pc_alone_ms']):.1f}×)",
             _met(fm_last / fm0 <= TARGET_DEAD_RATIO),
@@ -526,9 +519,7 @@ def scrape(data: dict[str, Any], charts: Charts, verdicts: list[list[str]]) -> L
         "",
     ]
     fig, (ax1, ax2) = charts.plt.subplots(1, 2, figsize=(10, 3.8))
-    for workers, color in zip(
-        sorted({r["workers"] for r in live}), ("#2a7", "#27a", "#a72", "#a27"), strict=False
-    ):
+    for workers, color in zip(sorted({r["workers"] for r in live}), ("#2a7", "#27a", "#a72", "#a27"), strict=False):
         pts = sorted((r["flags"], r["median_ms"]) for r in live if r["workers"] == workers)
         ax1.plot(
             [p[0] for p in pts],
@@ -591,9 +582,7 @@ def redis_cost(data: dict[str, Any], charts: Charts, verdicts: list[list[str]]) 
         sizes = r.get("round_trips_per_flush") or [1] * r["flushes"]
         worst.append(max(sizes))
         doubles = sum(1 for n in sizes if n > 1)
-        cmds = ", ".join(
-            f"{name} {v}" for name, v in sorted(r["server_commands"].items(), key=lambda x: -x[1])
-        )
+        cmds = ", ".join(f"{name} {v}" for name, v in sorted(r["server_commands"].items(), key=lambda x: -x[1]))
         rows.append(
             [
                 f"{r['target_rate']:,}",
@@ -710,9 +699,7 @@ def redis_cost(data: dict[str, Any], charts: Charts, verdicts: list[list[str]]) 
         color="#27a",
         label="flagmetrics: round trips / second",
     )
-    ax.plot(
-        rates, [1000.0 for _ in rates], ls="--", color="#c55", label="one round trip per event (per 1,000)"
-    )
+    ax.plot(rates, [1000.0 for _ in rates], ls="--", color="#c55", label="one round trip per event (per 1,000)")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("events per second (one worker)")
@@ -822,9 +809,7 @@ def e2e(data: dict[str, Any], charts: Charts, verdicts: list[list[str]]) -> Line
             "splits the end-to-end overhead into what litestar-flags spends building a "
             "`FlagEvaluationEvent` (the no-op collector) and what the collector itself adds.",
             "",
-            *_table(
-                ["collector", "µs per page, median", "extra vs off µs/page", "extra µs per evaluation"], irows
-            ),
+            *_table(["collector", "µs per page, median", "extra vs off µs/page", "extra µs per evaluation"], irows),
             "",
         ]
         prof = inproc.get("profile")
@@ -945,10 +930,7 @@ def accuracy(data: dict[str, Any], charts: Charts, verdicts: list[list[str]]) ->
 
 def profile(data: dict[str, Any], charts: Charts, verdicts: list[list[str]]) -> Lines:
     p = data["profile"]
-    rows = [
-        [_f(r["share_pct"], 1), _f(r["calls_per_event"], 2), r["where"], f"`{r['function']}`"]
-        for r in p["top"]
-    ]
+    rows = [[_f(r["share_pct"], 1), _f(r["calls_per_event"], 2), r["where"], f"`{r['function']}`"] for r in p["top"]]
     groups = ", ".join(f"{k} {v:.0f}%" for k, v in sorted(p["by_package_pct"].items(), key=lambda x: -x[1]))
     brows = [[k, _f(v, 3)] for k, v in data["flush_breakdown_us_per_user"]]
     return [

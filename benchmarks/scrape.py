@@ -58,9 +58,10 @@ def _flag_events(flags: int, worker: int) -> list[Any]:
     events = []
     for f in range(flags):
         key = f"flag_{f:04d}"
-        shapes: list[tuple[EvaluationReason, str | None]] = [
-            (EvaluationReason.SPLIT, v) for v in VARIANTS
-        ] + [(EvaluationReason.TARGETING_MATCH, VARIANTS[0]), (EvaluationReason.DEFAULT, None)]
+        shapes: list[tuple[EvaluationReason, str | None]] = [(EvaluationReason.SPLIT, v) for v in VARIANTS] + [
+            (EvaluationReason.TARGETING_MATCH, VARIANTS[0]),
+            (EvaluationReason.DEFAULT, None),
+        ]
         if f % 5 == 0:
             shapes.append((EvaluationReason.ERROR, None))
         for n, (reason, variant) in enumerate(shapes):
@@ -89,9 +90,7 @@ async def _record_all(directory: str, flags: int, worker: int) -> None:
     await exporter.close()
 
 
-def _child(
-    directory: str, flags: int, worker: int, hold: int | None, ready: int, close: Sequence[int]
-) -> None:
+def _child(directory: str, flags: int, worker: int, hold: int | None, ready: int, close: Sequence[int]) -> None:
     """Body of a forked worker; never returns."""
     code = 0
     try:
@@ -231,7 +230,8 @@ async def _fill_redis(store: Any, flags: int, writers: int) -> None:
     for w in range(writers):
         deltas = {
             f"flag_{f:04d}": FlagDelta(
-                total=6, errors=1 if f % 5 == 0 else 0,
+                total=6,
+                errors=1 if f % 5 == 0 else 0,
                 members=digest_users([f"w{w}-user-{(f * 7 + n) % 50}" for n in range(6)], b""),
             )
             for f in range(flags)
@@ -254,8 +254,17 @@ async def _scrape_live(redis_url: str, flags: int, budget_s: float) -> dict[str,
     first = _time_ms(lambda: _pc_alone(directory))
     repeats = int(min(max(math.ceil(budget_s * 1000 / 3 / max(first, 0.1)), _min_repeats(budget_s)), 25))
     times: dict[str, list[float]] = {
-        k: [] for k in ("pc_alone", "fm_render_snapshot", "fm_render", "fleet_local", "fleet_redis",
-                        "snapshot_local", "snapshot_redis", "fleet_render")
+        k: []
+        for k in (
+            "pc_alone",
+            "fm_render_snapshot",
+            "fm_render",
+            "fleet_local",
+            "fleet_redis",
+            "snapshot_local",
+            "snapshot_redis",
+            "fleet_render",
+        )
     }
     for _ in range(repeats):
         times["pc_alone"].append(_time_ms(lambda: _pc_alone(directory)))
@@ -282,8 +291,12 @@ async def _scrape_live(redis_url: str, flags: int, budget_s: float) -> dict[str,
     }
     await exporter.close()
     await redis.close()
-    return {"repeats": repeats, "times_ms": times, "median_ms": {k: median(v) for k, v in times.items()},
-            "checks": checks}
+    return {
+        "repeats": repeats,
+        "times_ms": times,
+        "median_ms": {k: median(v) for k, v in times.items()},
+        "checks": checks,
+    }
 
 
 async def _scrape_dead(dead: list[int], budget_s: float) -> dict[str, Any]:
@@ -306,8 +319,13 @@ async def _scrape_dead(dead: list[int], budget_s: float) -> dict[str, Any]:
         for _ in range(repeats):
             pc.append(_time_ms(lambda: _pc_alone(directory)))
             fm.append(_time_ms(lambda: render_snapshot(exporter, snapshot)))
-        return {"label": label, "repeats": repeats, "pc_alone_ms": pc, "fm_render_snapshot_ms": fm,
-                "files": len([n for n in os.listdir(directory) if n.endswith(".db")])}
+        return {
+            "label": label,
+            "repeats": repeats,
+            "pc_alone_ms": pc,
+            "fm_render_snapshot_ms": fm,
+            "files": len([n for n in os.listdir(directory) if n.endswith(".db")]),
+        }
 
     before = measure("dead files in place")
     body_before = _pc_alone(directory)
@@ -374,8 +392,18 @@ def run(*, quick: bool) -> dict[str, Any]:
                 with temp_dir("scrape") as directory, _fleet_running(directory, workers, flags):
                     log(f"scrape: {workers} live workers x {flags} flags")
                     out = run_json(
-                        [PYTHON, "-m", "benchmarks.scrape", "--measure-live", "--redis-url", redis.url,
-                         "--flags", str(flags), "--budget", str(budget_s)],
+                        [
+                            PYTHON,
+                            "-m",
+                            "benchmarks.scrape",
+                            "--measure-live",
+                            "--redis-url",
+                            redis.url,
+                            "--flags",
+                            str(flags),
+                            "--budget",
+                            str(budget_s),
+                        ],
                         env=clean_env(PROMETHEUS_MULTIPROC_DIR=str(directory)),
                         timeout_s=600,
                     )
@@ -391,8 +419,7 @@ def run(*, quick: bool) -> dict[str, Any]:
                 pid_file = directory / "bench-dead-pids.txt"
                 pid_file.write_text(" ".join(map(str, pids)))
                 out = run_json(
-                    [PYTHON, "-m", "benchmarks.scrape", "--measure-dead", str(pid_file),
-                     "--budget", str(budget_s)],
+                    [PYTHON, "-m", "benchmarks.scrape", "--measure-dead", str(pid_file), "--budget", str(budget_s)],
                     env=clean_env(PROMETHEUS_MULTIPROC_DIR=str(directory)),
                     timeout_s=600,
                 )

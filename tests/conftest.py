@@ -44,9 +44,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for(
-    condition: Callable[[], object], timeout_s: float, what: str, interval_s: float = 0.02
-) -> object:
+def wait_for(condition: Callable[[], object], timeout_s: float, what: str, interval_s: float = 0.02) -> object:
     """Poll `condition` until it returns something truthy; fail the test after `timeout_s`."""
     deadline = time.monotonic() + timeout_s
     last_error: BaseException | None = None
@@ -243,13 +241,19 @@ class RedisServer:
         """Start the server (again, on the same port and data directory) and wait until it answers."""
         args = [
             self.binary,
-            "--port", str(self.port),
-            "--bind", LOOPBACK,
-            "--dir", str(self.directory),
-            "--save", "",
+            "--port",
+            str(self.port),
+            "--bind",
+            LOOPBACK,
+            "--dir",
+            str(self.directory),
+            "--save",
+            "",
             # Persist every write so a restart after a kill keeps the data, as a real deployment would.
-            "--appendonly", "yes",
-            "--appendfsync", "always",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
             *self.extra_args,
         ]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

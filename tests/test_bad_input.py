@@ -74,12 +74,7 @@ events = st.builds(
 
 
 def sample_sum(registry: CollectorRegistry, name: str) -> float:
-    return sum(
-        sample.value
-        for family in registry.collect()
-        for sample in family.samples
-        if sample.name == name
-    )
+    return sum(sample.value for family in registry.collect() for sample in family.samples if sample.name == name)
 
 
 def scrape_value(text: str, series: str) -> float:
@@ -102,9 +97,10 @@ def test_arbitrary_events_are_counted_or_rejected_and_scrapes_stay_valid(batch: 
 
     rejected = sum(invalid(registry, defect) for defect in REJECTING_DEFECTS)
     assert sample_sum(registry, "feature_flag_evaluations_total") + rejected == len(batch)
-    assert sample_sum(registry, "feature_flag_evaluation_duration_seconds_count") + invalid(
-        registry, "duration"
-    ) == len(batch) - rejected
+    assert (
+        sample_sum(registry, "feature_flag_evaluation_duration_seconds_count") + invalid(registry, "duration")
+        == len(batch) - rejected
+    )
     for family in registry.collect():
         for sample in family.samples:
             for label, value in sample.labels.items():

@@ -65,8 +65,6 @@ asyncio.run(populate(LocalStore(sys.argv[1])))
 """
 
 
-
-
 async def populate(store: Store) -> None:
     """Record EVENTS and pin PINNED through the library, flush them to `store` and close it."""
     exporter = PrometheusExporter(registry=CollectorRegistry(), store=store)

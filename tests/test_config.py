@@ -13,8 +13,6 @@ from flagmetrics.exceptions import ConfigurationError, FlagMetricsError
 pytestmark = pytest.mark.usefixtures("clean_env")
 
 
-
-
 def test_from_empty_environment_gives_defaults() -> None:
     assert Settings.from_env({}) == Settings()
 

@@ -145,8 +145,7 @@ def test_labels_reject_none() -> None:
         b"bytes_key",
         ["list"],
     ],
-    ids=["empty", "too-long", "lone-surrogate", "overflow-marker", "none", "int", "float", "bool", "bytes",
-         "list"],
+    ids=["empty", "too-long", "lone-surrogate", "overflow-marker", "none", "int", "float", "bool", "bytes", "list"],
 )
 def test_labels_reject_an_invalid_flag_key(flag_key: Any) -> None:
     assert labels(plain(flag_key=flag_key, reason="DEFAULT", variant="v")) == REJECTED
@@ -218,10 +217,8 @@ def test_duration_converts_int_to_float() -> None:
 
 @pytest.mark.parametrize(
     "value",
-    [float("nan"), -0.001, -1, float("inf"), float("-inf"), MAX_DURATION_MS + 1, 1e308, True, False, "1.5",
-     [1.0]],
-    ids=["nan", "negative", "negative-int", "inf", "-inf", "over-an-hour", "huge", "true", "false", "str",
-         "list"],
+    [float("nan"), -0.001, -1, float("inf"), float("-inf"), MAX_DURATION_MS + 1, 1e308, True, False, "1.5", [1.0]],
+    ids=["nan", "negative", "negative-int", "inf", "-inf", "over-an-hour", "huge", "true", "false", "str", "list"],
 )
 def test_duration_rejects_implausible_values(value: Any) -> None:
     assert duration_ms(plain(evaluation_duration_ms=value)) is None

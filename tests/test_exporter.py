@@ -36,10 +36,6 @@ pytestmark = pytest.mark.usefixtures("clean_env")
 T = TypeVar("T")
 
 
-
-
-
-
 def redis_store(server: fakeredis.FakeServer, cls: type[RedisStore] = RedisStore) -> RedisStore:
     return cls(fakeredis.aioredis.FakeRedis(server=server))
 
@@ -125,8 +121,7 @@ def dropped(registry: CollectorRegistry) -> float | None:
 def summary(snapshot: Snapshot | None) -> dict[str, tuple[int, int, int, float | None]]:
     assert snapshot is not None
     return {
-        key: (stats.total, stats.errors, stats.unique_users, stats.error_rate)
-        for key, stats in snapshot.flags.items()
+        key: (stats.total, stats.errors, stats.unique_users, stats.error_rate) for key, stats in snapshot.flags.items()
     }
 
 
@@ -594,25 +589,26 @@ class UnhashableStr(str):
         None,
     ],
     ids=[
-        "empty", "too-long", "none", "int", "lone-surrogate", "overflow-marker", "list", "object",
+        "empty",
+        "too-long",
+        "none",
+        "int",
+        "lone-surrogate",
+        "overflow-marker",
+        "list",
+        "object",
         "none-event",
     ],
 )
-def test_event_with_invalid_flag_key_is_counted_and_not_recorded(
-    server: fakeredis.FakeServer, event: Any
-) -> None:
+def test_event_with_invalid_flag_key_is_counted_and_not_recorded(server: fakeredis.FakeServer, event: Any) -> None:
     exporter, registry = make_exporter(server)
     run(exporter, lambda: exporter.record(event))
     assert invalid(registry, "flag_key") == 1.0
     assert total_evaluations(registry) == 0.0
 
 
-@pytest.mark.parametrize(
-    "variant", [["unhashable"], {"a": 1}, 3, "v" * 201], ids=["list", "dict", "int", "long"]
-)
-def test_event_with_invalid_variant_is_counted_and_not_recorded(
-    server: fakeredis.FakeServer, variant: Any
-) -> None:
+@pytest.mark.parametrize("variant", [["unhashable"], {"a": 1}, 3, "v" * 201], ids=["list", "dict", "int", "long"])
+def test_event_with_invalid_variant_is_counted_and_not_recorded(server: fakeredis.FakeServer, variant: Any) -> None:
     exporter, registry = make_exporter(server)
     run(exporter, lambda: exporter.record(ev(variant=variant)))
     assert invalid(registry, "variant") == 1.0
@@ -632,9 +628,7 @@ def test_event_with_unknown_reason_is_counted_under_unknown(server: fakeredis.Fa
 
 
 @pytest.mark.parametrize("ms", [float("nan"), -1.0, float("inf"), 4_000_000.0, True, "1"])
-def test_event_with_invalid_duration_is_counted_but_not_observed(
-    server: fakeredis.FakeServer, ms: Any
-) -> None:
+def test_event_with_invalid_duration_is_counted_but_not_observed(server: fakeredis.FakeServer, ms: Any) -> None:
     exporter, registry = make_exporter(server)
     run(exporter, lambda: exporter.record(ev(ms=ms)))
     assert invalid(registry, "duration") == 1.0
@@ -656,9 +650,7 @@ def test_invalid_duration_on_cached_series_is_counted_every_time(server: fakered
 
 
 @pytest.mark.parametrize("user", [42, b"user", "u" * 1025], ids=["int", "bytes", "too-long"])
-def test_event_with_invalid_targeting_key_is_counted_without_the_user(
-    server: fakeredis.FakeServer, user: Any
-) -> None:
+def test_event_with_invalid_targeting_key_is_counted_without_the_user(server: fakeredis.FakeServer, user: Any) -> None:
     exporter, registry = make_exporter(server)
 
     async def scenario() -> Snapshot | None:
@@ -858,9 +850,7 @@ def test_update_from_metrics_is_visible_to_other_workers(server: fakeredis.FakeS
         {"unique_users": 1, "error_rate": "high"},
         {"unique_users": [1], "error_rate": 0.0},
     ],
-    ids=[
-        "negative-users", "rate-over-100", "negative-rate", "nan-rate", "str-users", "str-rate", "list-users"
-    ],
+    ids=["negative-users", "rate-over-100", "negative-rate", "nan-rate", "str-users", "str-rate", "list-users"],
 )
 def test_update_from_metrics_rejects_invalid_figures(server: fakeredis.FakeServer, metrics: Any) -> None:
     exporter, _ = make_exporter(server)
@@ -1179,9 +1169,12 @@ def test_prefix_is_applied_to_every_metric_name(server: fakeredis.FakeServer) ->
         "myapp_flagmetrics_store_up",
     } <= names
     assert all(name.startswith("myapp_") for name in names)
-    assert registry.get_sample_value(
-        "myapp_feature_flag_evaluations_total", {"flag_key": "a", "reason": "DEFAULT", "variant": "on"}
-    ) == 1.0
+    assert (
+        registry.get_sample_value(
+            "myapp_feature_flag_evaluations_total", {"flag_key": "a", "reason": "DEFAULT", "variant": "on"}
+        )
+        == 1.0
+    )
 
 
 def test_prefix_is_exposed_with_trailing_underscore(server: fakeredis.FakeServer) -> None:

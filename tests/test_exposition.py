@@ -23,8 +23,6 @@ pytestmark = pytest.mark.usefixtures("clean_env")
 OPENMETRICS = "application/openmetrics-text; version=1.0.0"
 
 
-
-
 class BrokenStore:
     """A store whose snapshot fails."""
 
@@ -49,9 +47,7 @@ class SilentStore(BrokenStore):
         raise AssertionError("unreachable")
 
 
-def ev(
-    flag_key: str = "f", reason: str = "DEFAULT", variant: str | None = "on", user: str | None = None
-) -> Any:
+def ev(flag_key: str = "f", reason: str = "DEFAULT", variant: str | None = "on", user: str | None = None) -> Any:
     return SimpleNamespace(
         flag_key=flag_key, reason=reason, variant=variant, targeting_key=user, evaluation_duration_ms=2.0
     )
@@ -112,8 +108,9 @@ def test_openmetrics_body_parses_with_the_evaluation() -> None:
         for family in parse_openmetrics(body)
         for sample in family.samples
     }
-    assert found[("feature_flag_evaluations_total", (("flag_key", "f"), ("reason", "DEFAULT"),
-                                                      ("variant", "on")))] == 1.0
+    assert (
+        found[("feature_flag_evaluations_total", (("flag_key", "f"), ("reason", "DEFAULT"), ("variant", "on")))] == 1.0
+    )
     assert found[("feature_flag_unique_users", (("flag_key", "f"),))] == 1.0
     assert found[("flagmetrics_store_up", ())] == 1.0
 

@@ -81,9 +81,7 @@ async def _scrape_text() -> str:
 def exported_scrape() -> str:
     """A real scrape of an exporter with a fresh registry that recorded SPLIT, STATIC and ERROR."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        pytest.skip(
-            "PROMETHEUS_MULTIPROC_DIR is set in the test environment; the in-process scrape needs it unset"
-        )
+        pytest.skip("PROMETHEUS_MULTIPROC_DIR is set in the test environment; the in-process scrape needs it unset")
     return asyncio.run(_scrape_text())
 
 
@@ -150,9 +148,7 @@ def metric_names(expr: str) -> set[str]:
 
 def promtool_check_exprs(exprs: dict[str, str], directory: Path) -> subprocess.CompletedProcess[str]:
     """Run `promtool check rules` on a file holding every expression as a recording rule."""
-    rules = {
-        "groups": [{"name": "expressions", "rules": [{"record": r, "expr": e} for r, e in exprs.items()]}]
-    }
+    rules = {"groups": [{"name": "expressions", "rules": [{"record": r, "expr": e} for r, e in exprs.items()]}]}
     path = directory / "expressions.rules.yml"
     path.write_text(yaml.safe_dump(rules, sort_keys=False))
     promtool = require_binary("promtool", "prometheus")
@@ -189,9 +185,7 @@ def _targets() -> list[tuple[str, str]]:
 TARGETS = _targets()
 
 
-def promql(
-    expr: str, rate_interval: str = _GRAFANA_DURATIONS["__rate_interval"], variable: str = "standin"
-) -> str:
+def promql(expr: str, rate_interval: str = _GRAFANA_DURATIONS["__rate_interval"], variable: str = "standin") -> str:
     """The expression with Grafana's variables replaced by valid stand-ins.
 
     Interval variables become durations; dashboard variables (`$flag_key`) become `variable`.
@@ -226,9 +220,7 @@ def test_target_is_valid_promql(where: str, expr: str, tmp_path: Path) -> None:
 
 def test_promql_check_rejects_a_broken_expression(tmp_path: Path) -> None:
     """The parse check can fail: an unbalanced parenthesis is reported."""
-    broken = (
-        'sum by (flag_key (rate(feature_flag_evaluations_total{flag_key=~"$flag_key"}[$__rate_interval]))'
-    )
+    broken = 'sum by (flag_key (rate(feature_flag_evaluations_total{flag_key=~"$flag_key"}[$__rate_interval]))'
     result = promtool_check_exprs({"dashboard:target": promql(broken)}, tmp_path)
     assert result.returncode != 0
     assert "could not parse expression" in result.stdout + result.stderr
@@ -288,9 +280,7 @@ def test_fleet_gauges_are_aggregated_with_max() -> None:
         for gauge in fleet:
             for match in re.finditer(rf"{gauge}\b", expr):
                 before = expr[: match.start()]
-                assert re.search(r"max by \(flag_key\) \($", before), (
-                    f"{where}: {gauge} not under max by (flag_key)"
-                )
+                assert re.search(r"max by \(flag_key\) \($", before), f"{where}: {gauge} not under max by (flag_key)"
 
 
 def test_required_panels_exist() -> None:

@@ -180,9 +180,7 @@ def test_sigkill_loses_no_counter_and_at_most_one_flush_interval(
 
     answers = traffic(app, list(plan(1000)), {2500: kill})
     tally = tally_of(answers)
-    wait_for(
-        lambda: parse_scrape(app.scrape().text).evaluations == dict(tally.evaluations), 10, "counters to add up"
-    )
+    wait_for(lambda: parse_scrape(app.scrape().text).evaluations == dict(tally.evaluations), 10, "counters to add up")
     scrape = parse_scrape(app.scrape().text)
     assert scrape.histogram_counts == dict(tally.totals())
 

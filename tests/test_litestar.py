@@ -23,10 +23,6 @@ pytestmark = pytest.mark.usefixtures("clean_env")
 OPENMETRICS = "application/openmetrics-text; version=1.0.0"
 
 
-
-
-
-
 def make_exporter(server: fakeredis.FakeServer, **kwargs: Any) -> PrometheusExporter:
     store = RedisStore(fakeredis.aioredis.FakeRedis(server=server))
     return PrometheusExporter(registry=CollectorRegistry(), store=store, **kwargs)

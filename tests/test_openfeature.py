@@ -34,14 +34,10 @@ DURATION_SUM = "feature_flag_evaluation_duration_seconds_sum"
 INVALID = "flagmetrics_invalid_events_total"
 
 
-def beta_for_vips(
-    flag: InMemoryFlag[str], context: EvaluationContext
-) -> FlagResolutionDetails[str]:
+def beta_for_vips(flag: InMemoryFlag[str], context: EvaluationContext) -> FlagResolutionDetails[str]:
     """Targeting: users whose key starts with `vip` get the `beta` variant."""
     if (context.targeting_key or "").startswith("vip"):
-        return FlagResolutionDetails(
-            value=flag.variants["beta"], reason=Reason.TARGETING_MATCH, variant="beta"
-        )
+        return FlagResolutionDetails(value=flag.variants["beta"], reason=Reason.TARGETING_MATCH, variant="beta")
     return FlagResolutionDetails(
         value=flag.variants[flag.default_variant], reason=Reason.DEFAULT, variant=flag.default_variant
     )
@@ -71,8 +67,6 @@ class FatalProvider(InMemoryProvider):
 
     def initialize(self, evaluation_context: EvaluationContext) -> None:
         raise ProviderFatalError("no backend")
-
-
 
 
 @pytest.fixture(autouse=True)
@@ -160,9 +154,7 @@ def test_custom_reason_is_counted_as_unknown_without_a_defect(
 # -- errors ------------------------------------------------------------------------------------------
 
 
-def test_flag_not_found_is_counted_as_error(
-    exporter: PrometheusExporter, registry: CollectorRegistry
-) -> None:
+def test_flag_not_found_is_counted_as_error(exporter: PrometheusExporter, registry: CollectorRegistry) -> None:
     client = client_for(exporter)
     assert client.get_boolean_value("missing", True, EvaluationContext(targeting_key="u1")) is True
 
@@ -241,9 +233,7 @@ def broken_series() -> PrometheusExporter:
 @pytest.mark.parametrize(
     "make",
     [
-        pytest.param(
-            lambda: RaisingExporter(registry=CollectorRegistry(), store=LocalStore(None)), id="raises"
-        ),
+        pytest.param(lambda: RaisingExporter(registry=CollectorRegistry(), store=LocalStore(None)), id="raises"),
         pytest.param(broken_metrics, id="no-metrics"),
         pytest.param(broken_series, id="broken-counter"),
         pytest.param(object, id="not-an-exporter"),
@@ -270,9 +260,7 @@ def test_failing_exporter_never_changes_the_evaluation(make: Any, caplog: pytest
     assert 1 <= len(flagmetrics_logs) <= 2
 
 
-def test_hook_survives_a_broken_hook_context(
-    exporter: PrometheusExporter, registry: CollectorRegistry
-) -> None:
+def test_hook_survives_a_broken_hook_context(exporter: PrometheusExporter, registry: CollectorRegistry) -> None:
     """Even a HookContext without the expected attributes cannot make the hook raise; the loss is counted."""
     hook = MetricsHook(exporter)
     assert hook.before(object(), {}) is None  # type: ignore[arg-type]
@@ -311,9 +299,7 @@ def test_hook_inside_a_running_event_loop(exporter: PrometheusExporter, registry
     assert sample_value(registry, ERRORS, flag_key="missing", error_code="FLAG_NOT_FOUND") == 1
 
 
-def test_hook_from_many_threads_counts_exactly(
-    exporter: PrometheusExporter, registry: CollectorRegistry
-) -> None:
+def test_hook_from_many_threads_counts_exactly(exporter: PrometheusExporter, registry: CollectorRegistry) -> None:
     client = client_for(exporter)
     threads, per_thread = 8, 300
     start = threading.Barrier(threads)
@@ -355,9 +341,7 @@ def test_install_on_a_client_is_idempotent(exporter: PrometheusExporter, registr
     assert sample_value(registry, EVALUATIONS, flag_key="dark_mode", reason="STATIC", variant="on") == 1
 
 
-def test_install_globally_reports_every_client(
-    exporter: PrometheusExporter, registry: CollectorRegistry
-) -> None:
+def test_install_globally_reports_every_client(exporter: PrometheusExporter, registry: CollectorRegistry) -> None:
     domain = f"test-{uuid.uuid4().hex}"
     api.set_provider_and_wait(InMemoryProvider(FLAGS), domain)
 

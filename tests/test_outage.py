@@ -24,8 +24,7 @@ pytestmark = pytest.mark.e2e
 def requests_for(first_user: int, users: int) -> list[Request]:
     """The example traffic for users `first_user` .. `first_user + users - 1`."""
     return [
-        Request(r.flag_key, f"user-{int(r.user.split('-')[1]) + first_user:06d}", r.plan, r.kind)
-        for r in plan(users)
+        Request(r.flag_key, f"user-{int(r.user.split('-')[1]) + first_user:06d}", r.plan, r.kind) for r in plan(users)
     ]
 
 
@@ -73,9 +72,7 @@ def test_redis_down_at_start(gunicorn: Callable[..., Gunicorn], redis_server: Re
     assert_users_exactly_as_without_outage(redis_server, tally, text)
 
 
-def test_redis_killed_mid_run_and_flapping(
-    gunicorn: Callable[..., Gunicorn], redis_server: RedisServer
-) -> None:
+def test_redis_killed_mid_run_and_flapping(gunicorn: Callable[..., Gunicorn], redis_server: RedisServer) -> None:
     """Redis is killed and restarted three times under traffic; the figures end exact."""
     app = gunicorn(FLAGMETRICS_REDIS_URL=redis_server.url)
     tally = Tally()
@@ -96,9 +93,7 @@ def test_redis_killed_mid_run_and_flapping(
     text = app.scrape().text
     assert_scrape_is_true(tally, text)
     assert_users_exactly_as_without_outage(redis_server, tally, text)
-    store_errors = [
-        line for line in text.splitlines() if line.startswith("flagmetrics_store_errors_total{")
-    ]
+    store_errors = [line for line in text.splitlines() if line.startswith("flagmetrics_store_errors_total{")]
     assert any(float(line.rsplit(" ", 1)[1]) > 0 for line in store_errors), store_errors
 
 
@@ -138,20 +133,14 @@ def test_frozen_redis_slows_no_request(gunicorn: Callable[..., Gunicorn], redis_
     )
 
 
-def test_outage_beyond_buffer_counts_every_drop(
-    gunicorn: Callable[..., Gunicorn], redis_server: RedisServer
-) -> None:
+def test_outage_beyond_buffer_counts_every_drop(gunicorn: Callable[..., Gunicorn], redis_server: RedisServer) -> None:
     """Past the buffer's capacity user ids are dropped and counted exactly; error rates stay exact."""
     capacity = 100
     redis_server.stop()
-    app = gunicorn(
-        FLAGMETRICS_REDIS_URL=redis_server.url, FLAGMETRICS_BUFFER_CAPACITY=str(capacity), workers=1
-    )
+    app = gunicorn(FLAGMETRICS_REDIS_URL=redis_server.url, FLAGMETRICS_BUFFER_CAPACITY=str(capacity), workers=1)
     # 250 distinct (flag, user) pairs, some of them errors, sent one at a time.
     requests = [
-        Request(
-            "button_color" if i % 2 else "search_ranking", f"user-{i:06d}", "free", "string" if i % 5 else "json"
-        )
+        Request("button_color" if i % 2 else "search_ranking", f"user-{i:06d}", "free", "string" if i % 5 else "json")
         for i in range(250)
     ]
     tally = asyncio.run(send(app.url, requests, concurrency=1))

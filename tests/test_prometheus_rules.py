@@ -98,19 +98,13 @@ MUTATIONS = {
 
 
 @pytest.mark.parametrize(("rule_name", "field", "old", "new"), MUTATIONS.values(), ids=MUTATIONS.keys())
-def test_rules_unit_tests_catch_a_broken_rule(
-    rule_name: str, field: str, old: str, new: str, tmp_path: Path
-) -> None:
+def test_rules_unit_tests_catch_a_broken_rule(rule_name: str, field: str, old: str, new: str, tmp_path: Path) -> None:
     document = load(RULES)
-    rule = next(
-        r for g in document["groups"] for r in g["rules"] if rule_name in (r.get("record"), r.get("alert"))
-    )
+    rule = next(r for g in document["groups"] for r in g["rules"] if rule_name in (r.get("record"), r.get("alert")))
     assert rule[field].count(old) == 1, f"the mutation no longer applies to {rule_name}: {old!r}"
     rule[field] = rule[field].replace(old, new)
     result = _unit_tests_on(document, tmp_path)
-    assert result.returncode != 0, (
-        f"the unit tests still pass with {rule_name} {field} {new!r} instead of {old!r}"
-    )
+    assert result.returncode != 0, f"the unit tests still pass with {rule_name} {field} {new!r} instead of {old!r}"
     assert "FAILED" in result.stdout + result.stderr
 
 

@@ -53,9 +53,7 @@ class Prometheus:
     def get(self, path: str, **params: str) -> Any:
         """GET an API path; return its `data`, raising unless Prometheus answered `success`."""
         if self.proc.poll() is not None:
-            pytest.fail(
-                f"prometheus exited with {self.proc.returncode}:\n{self.log.read_text(errors='replace')}"
-            )
+            pytest.fail(f"prometheus exited with {self.proc.returncode}:\n{self.log.read_text(errors='replace')}")
         response = httpx.get(f"{self.url}{path}", params=params, timeout=5)
         body = response.json()
         if body.get("status") != "success":
@@ -78,9 +76,7 @@ class Prometheus:
 
     def ready(self) -> bool:
         if self.proc.poll() is not None:
-            pytest.fail(
-                f"prometheus exited with {self.proc.returncode}:\n{self.log.read_text(errors='replace')}"
-            )
+            pytest.fail(f"prometheus exited with {self.proc.returncode}:\n{self.log.read_text(errors='replace')}")
         return httpx.get(f"{self.url}/-/ready", timeout=2).status_code == 200
 
 
@@ -139,9 +135,7 @@ def _shows(prom: Prometheus, tally: Tally) -> bool:
     """Whether Prometheus' latest samples show the tally: exact counters and error rates, users within 2%."""
     if prom.by("feature_flag_evaluations_total", "flag_key", "reason", "variant") != dict(tally.evaluations):
         return False
-    if prom.by("feature_flag_error_rate", "flag_key") != {
-        flag: tally.error_rate(flag) for flag in tally.totals()
-    }:
+    if prom.by("feature_flag_error_rate", "flag_key") != {flag: tally.error_rate(flag) for flag in tally.totals()}:
         return False
     users = prom.by("feature_flag_unique_users", "flag_key")
     return set(users) == set(tally.users) and all(
@@ -228,9 +222,7 @@ def test_prometheus_stores_the_fleet_truth(
     assert states["FlagMetricsEventsDropped"] == "inactive"
 
     # Every dashboard query runs; those over metrics the app exposes show data.
-    scraped = {
-        line.split("{")[0].split()[0] for line in app.scrape().text.splitlines() if line and line[0] != "#"
-    }
+    scraped = {line.split("{")[0].split()[0] for line in app.scrape().text.splitlines() if line and line[0] != "#"}
     for where, expr in TARGETS:
         query = promql(expr, rate_interval="1m", variable=".*")
         result = prom.query(query)

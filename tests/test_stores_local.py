@@ -73,12 +73,6 @@ while True:
 """
 
 
-
-
-
-
-
-
 def reference_estimate(digests: frozenset[bytes]) -> int:
     """The unique-user figure of one in-memory store fed `digests` at once."""
 

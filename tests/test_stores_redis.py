@@ -21,12 +21,6 @@ from tests.conftest import UNICODE_KEY, RedisServer, batch, run_with, users, wai
 PREFIX = "fm-test"
 
 
-
-
-
-
-
-
 def store_of(server: RedisServer, **kwargs: Any) -> RedisStore:
     kwargs.setdefault("key_prefix", PREFIX)
     return RedisStore.from_url(server.url, **kwargs)

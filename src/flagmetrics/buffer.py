@@ -21,8 +21,7 @@ def digest_users(keys: Iterable[str], hash_key: bytes) -> frozenset[bytes]:
     """Hash user ids to fixed-length digests (BLAKE2b, keyed with `hash_key` when given)."""
     blake = hashlib.blake2b
     return frozenset(
-        blake(key.encode("utf-8", "surrogatepass"), digest_size=DIGEST_SIZE, key=hash_key).digest()
-        for key in keys
+        blake(key.encode("utf-8", "surrogatepass"), digest_size=DIGEST_SIZE, key=hash_key).digest() for key in keys
     )
 
 

@@ -90,9 +90,7 @@ class Settings:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigurationError(f"`{name}` must be a positive whole number, got {value!r}")
         if not self.key_prefix or any(c.isspace() for c in self.key_prefix):
-            raise ConfigurationError(
-                f"`key_prefix` must be a non-empty string without spaces, got {self.key_prefix!r}"
-            )
+            raise ConfigurationError(f"`key_prefix` must be a non-empty string without spaces, got {self.key_prefix!r}")
         return self
 
     def with_(self, **changes: Any) -> Settings:

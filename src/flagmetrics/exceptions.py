@@ -31,8 +31,6 @@ class MissingDependencyError(FlagMetricsError, ImportError):
     """An optional dependency is missing; the message gives the `pip install` command."""
 
     def __init__(self, package: str, extra: str) -> None:
-        super().__init__(
-            f"{package} is not installed; install it with: pip install 'flagmetrics[{extra}]'"
-        )
+        super().__init__(f"{package} is not installed; install it with: pip install 'flagmetrics[{extra}]'")
         self.package = package
         self.extra = extra

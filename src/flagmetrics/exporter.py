@@ -310,7 +310,8 @@ class PrometheusExporter:
                 self._log.warning(
                     f"cap-{kind}",
                     "flagmetrics: %s cap reached; further values are counted as %s",
-                    kind, OVERFLOW,
+                    kind,
+                    OVERFLOW,
                 )
             series = self._by_label[label] = _Series(
                 flag_key=flag_key,
@@ -337,8 +338,10 @@ class PrometheusExporter:
         """Count a defect; log it without the event's values, which may carry user ids."""
         self._invalid[defect].inc()
         self._log.warning(
-            defect, "flagmetrics: %s with an invalid %s (counted in flagmetrics_invalid_events_total)",
-            detail, defect,
+            defect,
+            "flagmetrics: %s with an invalid %s (counted in flagmetrics_invalid_events_total)",
+            detail,
+            defect,
         )
 
     def _start(self) -> None:
@@ -411,8 +414,7 @@ class PrometheusExporter:
             raise ConfigurationError(f"`metrics` for {flag_key!r} holds non-numeric figures: {exc}") from exc
         if users < 0 or not 0.0 <= rate <= 100.0:
             raise ConfigurationError(
-                f"`metrics` for {flag_key!r} needs unique_users >= 0 and error_rate in 0..100, "
-                f"got {users} and {rate}"
+                f"`metrics` for {flag_key!r} needs unique_users >= 0 and error_rate in 0..100, got {users} and {rate}"
             )
         self._buffer.pin(flag_key, Pin(unique_users=users, error_rate=rate / 100.0))
         if self._start_pending:
@@ -428,9 +430,7 @@ class PrometheusExporter:
 
         Every flag is tried; failures are raised together afterwards as one `FlagMetricsError`.
         """
-        getter = getattr(aggregator, "get_flag_metrics_async", None) or getattr(
-            aggregator, "get_flag_metrics", None
-        )
+        getter = getattr(aggregator, "get_flag_metrics_async", None) or getattr(aggregator, "get_flag_metrics", None)
         if getter is None:
             raise ConfigurationError("`aggregator` has neither get_flag_metrics nor get_flag_metrics_async")
         failed: list[str] = []
@@ -444,8 +444,7 @@ class PrometheusExporter:
                 failed.append(f"{flag_key!r}: {exc}")
         if failed:
             raise FlagMetricsError(
-                f"could not update {len(failed)} of {len(flag_keys)} flags from the aggregator: "
-                + "; ".join(failed)
+                f"could not update {len(failed)} of {len(flag_keys)} flags from the aggregator: " + "; ".join(failed)
             )
 
     def get_tracked_flag_keys(self) -> list[str]:

@@ -74,8 +74,10 @@ class Flusher:
                         self._refused(batch, exc)
                     else:
                         self._log.warning(
-                            "flush", "flagmetrics: store unavailable, %d events kept for retry: %s",
-                            batch.events, exc,
+                            "flush",
+                            "flagmetrics: store unavailable, %d events kept for retry: %s",
+                            batch.events,
+                            exc,
                         )
                     raise StoreError(f"flush failed: {exc}") from exc
                 self._refusals = 0
@@ -92,7 +94,10 @@ class Flusher:
         self._dropped.inc(batch.events)
         logger.error(
             "flagmetrics: the store refused a batch %d times; its %d evaluations are counted in "
-            "flagmetrics_dropped_events_total: %s", REFUSALS_BEFORE_DROP, batch.events, exc,
+            "flagmetrics_dropped_events_total: %s",
+            REFUSALS_BEFORE_DROP,
+            batch.events,
+            exc,
         )
 
     async def stop(self, timeout_s: float) -> None:
@@ -111,7 +116,9 @@ class Flusher:
                 self._dropped.inc(events)
                 logger.error(
                     "flagmetrics: store unavailable at shutdown; %d evaluations (%d user ids) not "
-                    "delivered, counted in flagmetrics_dropped_events_total", events, users,
+                    "delivered, counted in flagmetrics_dropped_events_total",
+                    events,
+                    users,
                 )
 
     async def _run(self) -> None:

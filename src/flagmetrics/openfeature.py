@@ -99,8 +99,9 @@ class MetricsHook(Hook):
             with contextlib.suppress(Exception):
                 self._exporter.metrics.invalid_events.labels(defect="event").inc()
             self._log.warning(
-                "hook", "flagmetrics: could not record an OpenFeature evaluation "
-                "(counted in flagmetrics_invalid_events_total{defect=\"event\"})",
+                "hook",
+                "flagmetrics: could not record an OpenFeature evaluation "
+                '(counted in flagmetrics_invalid_events_total{defect="event"})',
             )
 
 

@@ -31,9 +31,7 @@ _SENTINEL = 1 << Q
 _ALPHA_INF = 1.0 / (2.0 * math.log(2.0))
 
 
-def add(
-    registers: bytearray | memoryview, histogram: memoryview | list[int], digests: Iterable[bytes]
-) -> None:
+def add(registers: bytearray | memoryview, histogram: memoryview | list[int], digests: Iterable[bytes]) -> None:
     """Add 8-byte digests to the registers, keeping `histogram` (counts per register value) current."""
     for digest in digests:
         x = int.from_bytes(digest[:8], "little")

@@ -64,7 +64,7 @@ class _FlagFile:
 
 def _initialise(buffer: mmap.mmap | bytearray, flag_key: str) -> None:
     key = flag_key.encode("utf-8")[:_KEY_SPACE]
-    buffer[0:_HEADER.size] = _HEADER.pack(_MAGIC, len(key))
+    buffer[0 : _HEADER.size] = _HEADER.pack(_MAGIC, len(key))
     buffer[_KEY : _KEY + len(key)] = key
     _clear(buffer)
 
@@ -73,9 +73,7 @@ def _clear(buffer: mmap.mmap | bytearray) -> None:
     buffer[_COUNTS:_HISTOGRAM] = bytes(_HISTOGRAM - _COUNTS)
     histogram = [0] * sketch.HISTOGRAM_SIZE
     histogram[0] = sketch.REGISTERS
-    buffer[_HISTOGRAM : _HISTOGRAM + 4 * sketch.HISTOGRAM_SIZE] = struct.pack(
-        f"<{sketch.HISTOGRAM_SIZE}I", *histogram
-    )
+    buffer[_HISTOGRAM : _HISTOGRAM + 4 * sketch.HISTOGRAM_SIZE] = struct.pack(f"<{sketch.HISTOGRAM_SIZE}I", *histogram)
     buffer[_REGISTERS:_FILE_SIZE] = bytes(sketch.REGISTERS)
 
 

@@ -129,9 +129,7 @@ class RedisStore:
         """
         parts = urlsplit(url)
         if parts.scheme not in _SCHEMES:
-            raise ConfigurationError(
-                f"`url` must start with redis://, rediss:// or unix://, got {redact_url(url)!r}"
-            )
+            raise ConfigurationError(f"`url` must start with redis://, rediss:// or unix://, got {redact_url(url)!r}")
         if parts.scheme != "unix" and not parts.hostname:
             raise ConfigurationError(f"`url` names no host: {redact_url(url)!r}")
         if not (math.isfinite(timeout_s) and timeout_s > 0):
