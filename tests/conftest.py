@@ -10,19 +10,16 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import fakeredis
 import httpx
 import pytest
-import redis
 from prometheus_client import CollectorRegistry, values
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -30,65 +27,19 @@ from examples.traffic import Tally, parse_scrape
 from flagmetrics import LocalStore, RedisStore
 from flagmetrics.buffer import digest_users
 from flagmetrics.stores.base import Batch, FlagDelta, Pin, Snapshot, Store
+from tests.processes import (
+    LOOPBACK,
+    REPO,
+    RedisServer,
+    children_of,
+    clean_environ,
+    free_port,
+    pid_alive,
+    stop_process,
+    wait_for,
+)
 
 StoreT = TypeVar("StoreT", bound=Store)
-
-REPO = Path(__file__).resolve().parent.parent
-LOOPBACK = "127.0.0.1"
-
-
-def free_port() -> int:
-    """Return a TCP port on loopback that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_for(condition: Callable[[], object], timeout_s: float, what: str, interval_s: float = 0.02) -> object:
-    """Poll `condition` until it returns something truthy; fail the test after `timeout_s`."""
-    deadline = time.monotonic() + timeout_s
-    last_error: BaseException | None = None
-    while time.monotonic() < deadline:
-        try:
-            result = condition()
-        except Exception as exc:  # the condition may fail while the thing starts
-            last_error = exc
-        else:
-            if result:
-                return result
-        time.sleep(interval_s)
-    pytest.fail(f"timed out after {timeout_s} s waiting for {what} (last error: {last_error!r})")
-
-
-def stop_process(proc: subprocess.Popen[bytes], timeout_s: float = 10.0) -> None:
-    """Stop a process we started: SIGTERM, then SIGKILL after `timeout_s`."""
-    if proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=5)
-
-
-def children_of(pid: int) -> list[int]:
-    """The pids of a process's children (from /proc)."""
-    found: list[int] = []
-    for task in Path(f"/proc/{pid}/task").glob("*/children"):
-        with contextlib.suppress(OSError):
-            found += [int(p) for p in task.read_text().split()]
-    return found
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a pid names a live (not zombie) process."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
-
 
 def landed(tally: Tally, app: Gunicorn) -> bool:
     """True once the counters and the fleet store hold exactly every tallied evaluation.
@@ -147,18 +98,6 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 def sample_value(registry: CollectorRegistry, name: str, **labels: str) -> float:
     """A sample of `registry`, 0 when it does not exist (yet)."""
     return registry.get_sample_value(name, labels) or 0.0
-
-
-def clean_environ(**extra: str) -> dict[str, str]:
-    """This process's environment without FLAGMETRICS_* and multiprocess variables, plus `extra`."""
-    environ = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("FLAGMETRICS_", "PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir"))
-    }
-    environ["PYTHONPATH"] = str(REPO)
-    environ.update(extra)
-    return environ
 
 
 @pytest.fixture
@@ -220,71 +159,6 @@ def require_binary(name: str, package: str) -> str:
     return path
 
 
-@dataclass
-class RedisServer:
-    """A redis-server this test session started on a free loopback port."""
-
-    binary: str
-    directory: Path
-    port: int = field(default_factory=free_port)
-    proc: subprocess.Popen[bytes] | None = None
-    extra_args: tuple[str, ...] = ()
-
-    @property
-    def url(self) -> str:
-        return f"redis://{LOOPBACK}:{self.port}/0"
-
-    def client(self) -> redis.Redis:
-        return redis.Redis(host=LOOPBACK, port=self.port, socket_timeout=2)
-
-    def start(self) -> None:
-        """Start the server (again, on the same port and data directory) and wait until it answers."""
-        args = [
-            self.binary,
-            "--port",
-            str(self.port),
-            "--bind",
-            LOOPBACK,
-            "--dir",
-            str(self.directory),
-            "--save",
-            "",
-            # Persist every write so a restart after a kill keeps the data, as a real deployment would.
-            "--appendonly",
-            "yes",
-            "--appendfsync",
-            "always",
-            *self.extra_args,
-        ]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            wait_for(lambda: self.client().ping(), 10, f"redis-server on port {self.port}")
-        except BaseException:  # pytest's failure included: never leave a server that did not answer
-            self.stop()
-            raise
-
-    def stop(self) -> None:
-        """Stop the server gracefully."""
-        if self.proc is not None:
-            stop_process(self.proc)
-
-    def kill(self) -> None:
-        """Kill the server at once (SIGKILL)."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=5)
-
-    def pause(self) -> None:
-        """Freeze the server (SIGSTOP): connections hang instead of failing."""
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGSTOP)
-
-    def resume(self) -> None:
-        """Thaw a paused server."""
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGCONT)
-
-
 @pytest.fixture
 def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     """A fresh redis-server for one test."""
@@ -294,8 +168,6 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     try:
         yield server
     finally:
-        if server.proc is not None and server.proc.poll() is None:
-            server.resume()
         server.stop()
 
 

@@ -99,6 +99,9 @@ class TLSRedisServer(RedisServer):
             host=LOOPBACK, port=self.port, password=self.password, ssl=True, ssl_ca_certs=str(self.ca), socket_timeout=2
         )
 
+    def ping(self) -> bool:
+        return bool(self.client().ping())
+
     @property
     def url(self) -> str:
         return f"rediss://:{self.password}@{LOOPBACK}:{self.port}/0?ssl_ca_certs={self.ca}"

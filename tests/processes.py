@@ -1,0 +1,200 @@
+"""Processes the tests and the benchmarks start: free loopback ports, polls with deadlines, redis-server.
+
+Every process is waited for with a deadline and stopped by the pid that was started. Nothing here
+imports flagmetrics or prometheus_client, so the benchmark orchestrator can use it before a measuring
+process sets PROMETHEUS_MULTIPROC_DIR.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
+
+if TYPE_CHECKING:
+    import redis
+
+__all__ = [
+    "LOOPBACK",
+    "REPO",
+    "RedisServer",
+    "children_of",
+    "clean_environ",
+    "free_port",
+    "pid_alive",
+    "stop_process",
+    "wait_for",
+]
+
+T = TypeVar("T")
+
+REPO = Path(__file__).resolve().parent.parent
+LOOPBACK = "127.0.0.1"
+
+
+def free_port() -> int:
+    """Return a TCP port on loopback that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(condition: Callable[[], T], timeout_s: float, what: str, interval_s: float = 0.02) -> T:
+    """Poll `condition` until it returns something truthy; raise `TimeoutError` after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    last_error: BaseException | None = None
+    while time.monotonic() < deadline:
+        try:
+            result = condition()
+        except Exception as exc:  # the condition may fail while the thing starts
+            last_error = exc
+        else:
+            if result:
+                return result
+        time.sleep(interval_s)
+    raise TimeoutError(f"timed out after {timeout_s} s waiting for {what} (last error: {last_error!r})")
+
+
+def stop_process(proc: subprocess.Popen[bytes] | subprocess.Popen[str], timeout_s: float = 10.0) -> None:
+    """Stop a process we started: SIGTERM, then SIGKILL after `timeout_s`."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=5)
+
+
+def children_of(pid: int) -> list[int]:
+    """The pids of a process's children (from /proc)."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        with contextlib.suppress(OSError):
+            found += [int(p) for p in task.read_text().split()]
+    return found
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a pid names a live (not zombie) process."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def clean_environ(**extra: str) -> dict[str, str]:
+    """This process's environment without FLAGMETRICS_* and multiprocess variables, plus `extra`.
+
+    The repository is on PYTHONPATH, so a child can import `examples`, `tests` and `benchmarks`.
+    """
+    environ = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("FLAGMETRICS_", "PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir"))
+    }
+    environ["PYTHONPATH"] = str(REPO)
+    environ.update(extra)
+    return environ
+
+
+@dataclass
+class RedisServer:
+    """A redis-server of our own on a free loopback port, stopped by its pid.
+
+    With `persist` (the tests' default) every write goes to the append-only file, so a restart after
+    a kill keeps the data, as a real deployment would; without it (the benchmarks) nothing is saved.
+    """
+
+    binary: str
+    directory: Path
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+    extra_args: tuple[str, ...] = ()
+    persist: bool = True
+
+    @property
+    def url(self) -> str:
+        """The URL of database 0."""
+        return f"redis://{LOOPBACK}:{self.port}/0"
+
+    def client(self) -> redis.Redis:
+        """A synchronous redis-py client of database 0."""
+        import redis  # here, so that a benchmark orchestrator never loads it
+
+        return redis.Redis(host=LOOPBACK, port=self.port, socket_timeout=2)
+
+    def command(self, *args: str) -> bytes:
+        """Send one command and return its raw reply (for a bulk string, its payload)."""
+        with socket.create_connection((LOOPBACK, self.port), timeout=5) as sock:
+            payload = f"*{len(args)}\r\n" + "".join(f"${len(a.encode())}\r\n{a}\r\n" for a in args)
+            sock.sendall(payload.encode())
+            reply = sock.recv(1 << 16)
+            if not reply.startswith(b"$"):
+                return reply
+            header, _, rest = reply.partition(b"\r\n")
+            need = int(header[1:]) + 2
+            while len(rest) < need:
+                more = sock.recv(1 << 16)
+                if not more:
+                    break
+                rest += more
+            return rest[: need - 2]
+
+    def ping(self) -> bool:
+        """Whether the server answers PING."""
+        return self.command("PING").startswith(b"+PONG")
+
+    def start(self) -> None:
+        """Start the server (again, on the same port and data directory) and wait until it answers."""
+        persistence = ("--appendonly", "yes", "--appendfsync", "always") if self.persist else ("--appendonly", "no")
+        args = [
+            self.binary,
+            *("--port", str(self.port), "--bind", LOOPBACK, "--dir", str(self.directory), "--save", ""),
+            *persistence,
+            *self.extra_args,
+        ]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_for(self.ping, 10, f"redis-server on port {self.port}")
+        except BaseException:  # a test's failure included: never leave a server that did not answer
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        """Stop the server gracefully (thawing it first if it was frozen)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+            stop_process(self.proc)
+
+    def kill(self) -> None:
+        """Kill the server at once (SIGKILL)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=5)
+
+    def pause(self) -> None:
+        """Freeze the server (SIGSTOP): connections hang instead of failing."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """Thaw a paused server."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
+
+    def version(self) -> str:
+        """The server's version, from INFO."""
+        for line in self.command("INFO", "server").decode().splitlines():
+            if line.startswith("redis_version:"):
+                return line.split(":", 1)[1].strip()
+        return "?"
