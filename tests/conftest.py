@@ -41,6 +41,7 @@ from tests.processes import (
 
 StoreT = TypeVar("StoreT", bound=Store)
 
+
 def landed(tally: Tally, app: Gunicorn) -> bool:
     """True once the counters and the fleet store hold exactly every tallied evaluation.
 
