@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from flagmetrics.config import Settings
+from flagmetrics.config import Settings, metric_prefix, redact_url
 from flagmetrics.exceptions import ConfigurationError, FlagMetricsError
 
 pytestmark = pytest.mark.usefixtures("clean_env")
@@ -74,12 +74,12 @@ def test_unparsable_metrics_port_names_the_variable() -> None:
 @pytest.mark.parametrize("port", [0, -1, 65536])
 def test_invalid_metrics_port(port: int) -> None:
     with pytest.raises(ConfigurationError, match="`metrics_port`"):
-        Settings(metrics_port=port).validated()
+        Settings(metrics_port=port)
 
 
 @pytest.mark.parametrize("port", [1, 65535])
 def test_metrics_port_bounds_are_accepted(port: int) -> None:
-    assert Settings(metrics_port=port).validated().metrics_port == port
+    assert Settings(metrics_port=port).metrics_port == port
 
 
 def test_from_env_parses_floats_and_ints_to_their_types() -> None:
@@ -155,53 +155,58 @@ def test_nan_variable_is_rejected() -> None:
 @pytest.mark.parametrize("value", [0.0, 0.009, 3600.5, float("nan"), float("inf"), -1.0])
 def test_invalid_flush_interval(value: float) -> None:
     with pytest.raises(ConfigurationError, match="`flush_interval_s`"):
-        Settings(flush_interval_s=value).validated()
+        Settings(flush_interval_s=value)
 
 
 @pytest.mark.parametrize("value", [0.01, 3600.0])
 def test_flush_interval_bounds_are_accepted(value: float) -> None:
-    assert Settings(flush_interval_s=value).validated().flush_interval_s == value
+    assert Settings(flush_interval_s=value).flush_interval_s == value
 
 
 @pytest.mark.parametrize("value", [0.0, 0.005, 60.5, float("nan"), float("inf")])
 def test_invalid_scrape_timeout(value: float) -> None:
     with pytest.raises(ConfigurationError, match="`scrape_timeout_s`"):
-        Settings(scrape_timeout_s=value).validated()
+        Settings(scrape_timeout_s=value)
 
 
 @pytest.mark.parametrize("value", [0.01, 60.0])
 def test_scrape_timeout_bounds_are_accepted(value: float) -> None:
-    assert Settings(scrape_timeout_s=value).validated().scrape_timeout_s == value
+    assert Settings(scrape_timeout_s=value).scrape_timeout_s == value
 
 
 @pytest.mark.parametrize("name", ["buffer_capacity", "max_flags", "max_variants_per_flag"])
 @pytest.mark.parametrize("value", [0, -1, True, 1.5, "10"], ids=["zero", "negative", "bool", "float", "str"])
 def test_invalid_whole_number_setting(name: str, value: Any) -> None:
     with pytest.raises(ConfigurationError, match=f"`{name}` must be a positive whole number"):
-        Settings(**{name: value}).validated()
+        Settings(**{name: value})
 
 
 @pytest.mark.parametrize("name", ["buffer_capacity", "max_flags", "max_variants_per_flag"])
 def test_whole_number_setting_accepts_one(name: str) -> None:
-    assert getattr(Settings(**{name: 1}).validated(), name) == 1
+    assert getattr(Settings().with_(**{name: 1}), name) == 1
 
 
 @pytest.mark.parametrize("value", ["", "has space", "tab\there", "new\nline"])
 def test_invalid_key_prefix(value: str) -> None:
     with pytest.raises(ConfigurationError, match="`key_prefix`"):
-        Settings(key_prefix=value).validated()
+        Settings(key_prefix=value)
 
 
 def test_configuration_error_is_a_value_error_and_a_flagmetrics_error() -> None:
     with pytest.raises(ConfigurationError) as info:
-        Settings(max_flags=0).validated()
+        Settings(max_flags=0)
     assert isinstance(info.value, ValueError)
     assert isinstance(info.value, FlagMetricsError)
 
 
-def test_validated_returns_self() -> None:
-    settings = Settings()
-    assert settings.validated() is settings
+def test_settings_validate_themselves_on_construction() -> None:
+    """`Settings(...)` refuses an invalid value as the environment path does, naming the setting."""
+    with pytest.raises(ConfigurationError, match="`flush_interval_s` must be between"):
+        Settings(flush_interval_s=-1)
+
+
+def test_with_leaves_fields_given_as_none_unchanged() -> None:
+    assert Settings(max_flags=3).with_(max_flags=None, hash_key=None) == Settings(max_flags=3)
 
 
 def test_with_returns_a_changed_copy() -> None:
@@ -218,3 +223,27 @@ def test_with_validates() -> None:
 def test_settings_are_frozen() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         Settings().max_flags = 3  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(("prefix", "expected"), [("", ""), ("myapp", "myapp_"), ("my_app2", "my_app2_")])
+def test_metric_prefix_ends_in_an_underscore(prefix: str, expected: str) -> None:
+    assert metric_prefix(prefix) == expected
+
+
+@pytest.mark.parametrize("prefix", ["my-app", "my app", "app.", 3])
+def test_metric_prefix_rejects_what_is_not_a_name_naming_the_argument(prefix: Any) -> None:
+    with pytest.raises(ConfigurationError, match=r"^`--prefix` must be letters, digits and underscores"):
+        metric_prefix(prefix, argument="--prefix")
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://:s3cret@host:6379/0", "redis://:***@host:6379/0"),
+        ("redis://user:s3cret@host/0", "redis://user:***@host/0"),
+        ("rediss://host/0?password=s3cret&ssl_ca_certs=/ca.pem", "rediss://host/0?password=***&ssl_ca_certs=/ca.pem"),
+        ("redis://host:6379/0", "redis://host:6379/0"),
+    ],
+)
+def test_redact_url_hides_the_password(url: str, shown: str) -> None:
+    assert redact_url(url) == shown

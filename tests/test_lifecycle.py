@@ -23,7 +23,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from examples.traffic import Request, Tally, parse_scrape, plan
-from flagmetrics.multiprocess import directory_lock
+from flagmetrics.multiprocess import metrics_lock
 from tests.conftest import REPO, Gunicorn, assert_scrape_is_true, landed, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -268,7 +268,7 @@ def test_500_dead_workers_keep_scrapes_fast_and_exact(gunicorn: Callable[..., Gu
     # that both see the same machine load: hiding the archives (under the directory lock, as
     # compaction does) gives exactly the scrape with no dead workers.
     def show(visible: bool) -> None:
-        with directory_lock(str(app.multiproc_dir), exclusive=True):
+        with metrics_lock(str(app.multiproc_dir), exclusive=True):
             for archive in archives:
                 hidden = archive.with_name(archive.name + ".hidden")
                 os.rename(*((hidden, archive) if visible else (archive, hidden)))

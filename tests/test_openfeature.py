@@ -21,6 +21,8 @@ from openfeature.provider.in_memory_provider import InMemoryFlag, InMemoryProvid
 from prometheus_client import CollectorRegistry
 
 from flagmetrics import LocalStore, PrometheusExporter
+from flagmetrics.admission import Admission
+from flagmetrics.events import Reader
 from flagmetrics.openfeature import MetricsHook, install
 from flagmetrics.stores.base import FlagStats
 from tests.conftest import sample_value
@@ -219,14 +221,15 @@ class BrokenLabels:
 
 def broken_metrics() -> PrometheusExporter:
     exporter = PrometheusExporter(registry=CollectorRegistry(), store=LocalStore(None))
-    exporter._metrics = None  # type: ignore[assignment]
-    exporter._invalid = BrokenLabels()  # type: ignore[assignment]  # record()'s own error path fails too
+    exporter._read = None  # type: ignore[assignment]
+    exporter._defects = BrokenLabels()  # type: ignore[assignment]  # record()'s own error path fails too
     return exporter
 
 
 def broken_series() -> PrometheusExporter:
     exporter = PrometheusExporter(registry=CollectorRegistry(), store=LocalStore(None))
-    exporter._metrics = dataclasses.replace(exporter._metrics, evaluations=BrokenLabels())  # type: ignore[arg-type]
+    broken = dataclasses.replace(exporter.metrics, evaluations=BrokenLabels())  # type: ignore[arg-type]
+    exporter._read = Reader(Admission(broken, exporter._buffer, max_flags=10, max_variants_per_flag=10).series).read
     return exporter
 
 

@@ -1,4 +1,4 @@
-"""Access control for the metrics: a bearer token or HTTP basic auth, compared in constant time."""
+"""Internal: access control for the metrics: a bearer token or HTTP basic auth, compared in constant time."""
 
 from __future__ import annotations
 
@@ -6,9 +6,10 @@ import base64
 import binascii
 import hmac
 
+from flagmetrics.config import Settings
 from flagmetrics.exceptions import ConfigurationError
 
-__all__ = ["Credentials"]
+__all__ = ["Credentials", "credentials_for"]
 
 
 class Credentials:
@@ -45,3 +46,16 @@ class Credentials:
                 return False
             return hmac.compare_digest(given, self._basic)
         return False
+
+
+def credentials_for(
+    settings: Settings, *, bearer_token: str | None = None, basic_auth: tuple[str, str] | None = None
+) -> Credentials | None:
+    """What scrapers must present: `bearer_token` (default `settings.metrics_token`) and/or basic auth.
+
+    None when neither is set: the metrics are served without auth.
+    """
+    token = bearer_token if bearer_token is not None else settings.metrics_token
+    if token is None and basic_auth is None:
+        return None
+    return Credentials(token, basic_auth)

@@ -1,4 +1,4 @@
-"""The per-worker buffer between `record()` and the store: counts, raw user ids, and the batch in flight."""
+"""Internal: the per-worker buffer between `record()` and the store: counts, raw user ids, and the batch in flight."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The `flagmetrics` command: `serve` exports the fleet gauges once per fleet, `inspect` prints the fleet state."""
+"""Internal: the `flagmetrics` command; `serve` exports the fleet gauges once per fleet, `inspect` prints them."""
 
 from __future__ import annotations
 
@@ -17,14 +17,13 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from flagmetrics import __version__
-from flagmetrics.auth import Credentials
-from flagmetrics.config import Settings
+from flagmetrics.auth import credentials_for
+from flagmetrics.config import Settings, metric_prefix, redact_url
 from flagmetrics.exceptions import ConfigurationError, FlagMetricsError, StoreError
 from flagmetrics.exposition import ScrapeSource
 from flagmetrics.server import start_metrics_server
 from flagmetrics.stores import default_store
-from flagmetrics.stores.base import FlagStats, Snapshot, Store
-from flagmetrics.stores.redis import redact_url
+from flagmetrics.stores.base import FlagStats, Snapshot, Store, snapshot_within
 
 __all__ = ["main"]
 
@@ -216,9 +215,7 @@ def _seconds(text: str) -> float:
 def _serve(args: argparse.Namespace) -> int:
     """Serve the fleet gauges until SIGINT or SIGTERM."""
     settings = _settings(args, scrape_timeout_s=args.scrape_timeout, metrics_token=args.token)
-    if args.prefix and not args.prefix.replace("_", "a").isalnum():
-        raise ConfigurationError(f"`--prefix` must be letters, digits and underscores, got {args.prefix!r}")
-    prefix = f"{args.prefix}_" if args.prefix else ""
+    prefix = metric_prefix(args.prefix, argument="--prefix")
     where = _describe(settings, args.dir)
     if args.no_check:
         asyncio.run(_open(settings, args.dir).close())  # still rejects a malformed URL
@@ -235,7 +232,7 @@ def _serve(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
     source = ScrapeSource(settings, prefix=prefix, multiprocess_path=args.dir, workers=False)
-    credentials = Credentials(settings.metrics_token) if settings.metrics_token else None
+    credentials = credentials_for(settings)
 
     stop = threading.Event()
 
@@ -318,8 +315,7 @@ def _open(settings: Settings, directory: str | None) -> Store:
 async def _read(store: Store, timeout_s: float) -> Snapshot:
     """Read a snapshot within `timeout_s`, then close the store."""
     try:
-        async with asyncio.timeout(timeout_s):
-            return await store.snapshot()
+        return await snapshot_within(store, timeout_s)
     finally:
         await store.close()
 
@@ -329,7 +325,7 @@ def _snapshot(settings: Settings, directory: str | None, timeout_s: float, *, se
     store = _open(settings, directory)
     try:
         return asyncio.run(_read(store, timeout_s))
-    except (StoreError, TimeoutError, OSError) as exc:
+    except StoreError as exc:
         # The StoreError's cause is the driver's own message, without the store's wording around it.
         detail = str(exc.__cause__ or exc).rstrip(".") or f"no answer within {timeout_s} s"
         if directory is not None:

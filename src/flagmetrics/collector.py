@@ -1,4 +1,4 @@
-"""The scrape-time collector: the fleet gauges and store health from a snapshot it is handed, no I/O."""
+"""Internal: the scrape-time collector: the fleet gauges and store health from a snapshot it is handed, no I/O."""
 
 from __future__ import annotations
 

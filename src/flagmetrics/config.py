@@ -1,4 +1,4 @@
-"""Settings shared by the library, the gunicorn hooks and the command line, read from the environment."""
+"""Internal: settings shared by the library, the gunicorn hooks and the command line, read from the environment."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
+from urllib.parse import urlsplit
 
 from flagmetrics.exceptions import ConfigurationError
 
-__all__ = ["Settings"]
+__all__ = ["Settings", "metric_prefix", "redact_url"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,10 +65,10 @@ class Settings:
                 continue
             values[field.name] = _parse(field.name, raw, field.type)
         values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values).validated()
+        return cls(**values)
 
-    def validated(self) -> Settings:
-        """Return self, or raise `ConfigurationError` naming the first invalid setting."""
+    def __post_init__(self) -> None:
+        """Raise `ConfigurationError` naming the first invalid setting."""
         if not isinstance(self.fleet_gauges, bool):
             raise ConfigurationError(f"`fleet_gauges` must be True or False, got {self.fleet_gauges!r}")
         for name in ("flush_interval_s", "scrape_timeout_s"):
@@ -91,11 +92,35 @@ class Settings:
                 raise ConfigurationError(f"`{name}` must be a positive whole number, got {value!r}")
         if not self.key_prefix or any(c.isspace() for c in self.key_prefix):
             raise ConfigurationError(f"`key_prefix` must be a non-empty string without spaces, got {self.key_prefix!r}")
-        return self
 
     def with_(self, **changes: Any) -> Settings:
-        """Return a copy with some fields changed, validated."""
-        return replace(self, **changes).validated()
+        """Return a copy with the fields given changed (those given as None are left as they are)."""
+        return replace(self, **{name: value for name, value in changes.items() if value is not None})
+
+
+def metric_prefix(prefix: str, *, argument: str = "prefix") -> str:
+    """The metric name prefix for `prefix` (`"myapp"` gives `"myapp_"`, `""` gives `""`).
+
+    Raises `ConfigurationError` naming `argument` when `prefix` is not letters, digits and underscores.
+    """
+    if not isinstance(prefix, str) or (prefix and not prefix.replace("_", "a").isalnum()):
+        raise ConfigurationError(f"`{argument}` must be letters, digits and underscores, got {prefix!r}")
+    return f"{prefix}_" if prefix else ""
+
+
+def redact_url(url: str) -> str:
+    """Return `url` with its password (in the user part or a `password=` query) shown as `***`."""
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc
+        if parts.password is not None:
+            netloc = f"{parts.username or ''}:***@{netloc.rpartition('@')[2]}"
+    except ValueError:
+        return "<a URL that could not be parsed>"
+    query = "&".join(
+        "password=***" if item.partition("=")[0].lower() == "password" else item for item in parts.query.split("&")
+    )
+    return parts._replace(netloc=netloc, query=query).geturl()
 
 
 def _parse(name: str, raw: str, annotation: Any) -> Any:

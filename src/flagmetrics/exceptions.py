@@ -1,4 +1,4 @@
-"""The errors flagmetrics raises: one root, `FlagMetricsError`, and a few subclasses."""
+"""Internal: the errors flagmetrics raises: one root, `FlagMetricsError`, and a few subclasses."""
 
 from __future__ import annotations
 

@@ -1,46 +1,32 @@
-"""`PrometheusExporter`: the API applications call, a drop-in for litestar-flags' exporter that is true
+"""Internal: `PrometheusExporter`: the API applications call, a drop-in for litestar-flags' exporter that is true
 across gunicorn workers and hosts."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
-import threading
 from collections.abc import Iterable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from flagmetrics.buffer import Buffer, FlagBuffer
+from flagmetrics.admission import Admission
+from flagmetrics.buffer import Buffer
 from flagmetrics.collector import FleetGauge, fleet_gauges
-from flagmetrics.config import Settings
-from flagmetrics.events import (
-    ERROR,
-    MAX_DURATION_MS,
-    MAX_KEY_LENGTH,
-    MAX_TARGETING_KEY_LENGTH,
-    OVERFLOW,
-    duration_ms,
-    error_code,
-    labels,
-    valid_label,
-)
+from flagmetrics.config import Settings, metric_prefix
+from flagmetrics.environment import multiprocess_dir
+from flagmetrics.events import MAX_KEY_LENGTH, Defect, Reader, valid_label
 from flagmetrics.exceptions import ConfigurationError, FlagMetricsError, StoreError
 from flagmetrics.flusher import Flusher
 from flagmetrics.logs import ThrottledLog
-from flagmetrics.metrics import DEFAULT_DURATION_BUCKETS, Metrics, multiprocess_dir
+from flagmetrics.metrics import DEFAULT_DURATION_BUCKETS, DefectCounter, Metrics
 from flagmetrics.stores import default_store
-from flagmetrics.stores.base import Pin, Snapshot, Store
+from flagmetrics.stores.base import Pin, Snapshot, Store, snapshot_within
 
 __all__ = ["PROMETHEUS_AVAILABLE", "MetricsProvider", "PrometheusExporter"]
 
 PROMETHEUS_AVAILABLE = True
 """Kept for litestar-flags compatibility: prometheus_client is a dependency of flagmetrics."""
-
-# Most raw (flag_key, reason, variant) tuples remembered for the fast path; past it, new ones
-# take the slow path each time (they are still counted correctly).
-_SERIES_CACHE_LIMIT = 100_000
 
 
 @runtime_checkable
@@ -61,28 +47,6 @@ class MetricsProvider(Protocol):
     def total_evaluations(self) -> int:
         """Total number of evaluations."""
         ...
-
-
-class _Series:
-    """What `record()` touches for one (flag_key, reason, variant): everything resolved in advance."""
-
-    __slots__ = ("count", "duration", "flag", "flag_key", "is_error", "overflow")
-
-    def __init__(
-        self,
-        flag_key: str,
-        count: Counter,
-        duration: Histogram,
-        flag: FlagBuffer,
-        is_error: bool,
-        overflow: Counter | None,
-    ) -> None:
-        self.flag_key = flag_key
-        self.count = count
-        self.duration = duration
-        self.flag = flag
-        self.is_error = is_error
-        self.overflow = overflow
 
 
 class PrometheusExporter:
@@ -127,53 +91,40 @@ class PrometheusExporter:
             settings: All settings at once; by default read from `FLAGMETRICS_*` variables. The
                 keyword arguments after it override single fields.
         """
-        if not isinstance(prefix, str) or (prefix and not prefix.replace("_", "a").isalnum()):
-            raise ConfigurationError(f"`prefix` must be letters, digits and underscores, got {prefix!r}")
+        self._prefix = metric_prefix(prefix)
         self._settings = (settings or Settings.from_env()).with_(
-            **{
-                k: v
-                for k, v in {
-                    "flush_interval_s": flush_interval_s,
-                    "buffer_capacity": buffer_capacity,
-                    "scrape_timeout_s": scrape_timeout_s,
-                    "max_flags": max_flags,
-                    "max_variants_per_flag": max_variants_per_flag,
-                    "hash_key": hash_key,
-                }.items()
-                if v is not None
-            }
+            flush_interval_s=flush_interval_s,
+            buffer_capacity=buffer_capacity,
+            scrape_timeout_s=scrape_timeout_s,
+            max_flags=max_flags,
+            max_variants_per_flag=max_variants_per_flag,
+            hash_key=hash_key,
         )
         self._multiprocess_dir = multiprocess_dir()
-        self._prefix = f"{prefix}_" if prefix else ""
         self._metrics = Metrics.create(registry, self._prefix, tuple(duration_buckets))
         self._registry = registry
         self._gauges = fleet_gauges(self._prefix)
         self._store = store if store is not None else default_store(self._settings, self._multiprocess_dir)
         self._buffer = Buffer(self._settings.buffer_capacity)
+        self._admission = Admission(
+            self._metrics,
+            self._buffer,
+            max_flags=self._settings.max_flags,
+            max_variants_per_flag=self._settings.max_variants_per_flag,
+        )
+        self._read = Reader(self._admission.series).read
+        self._defects = DefectCounter(self._metrics.invalid_events)
+        self._dropped = self._metrics.dropped_events
         self._flusher = Flusher(
             self._buffer,
             self._store,
             interval_s=self._settings.flush_interval_s,
             hash_key=self._settings.hash_key.encode(),
             store_errors=self._metrics.store_errors,
-            dropped_events=self._metrics.dropped_events,
+            dropped_events=self._dropped,
         )
         self._start_pending = True
-        self._admit_lock = threading.Lock()
-        self._series: dict[Any, _Series] = {}
-        self._by_label: dict[tuple[str, str, str], _Series] = {}
-        self._variants: dict[str, set[str]] = {}
         self._fleet_keys: frozenset[str] = frozenset()
-        self._invalid = {
-            defect: self._metrics.invalid_events.labels(defect=defect)
-            for defect in ("flag_key", "reason", "variant", "duration", "targeting_key", "event")
-        }
-        # Every labelled self-metric exists from the start, so its first increase shows in rate().
-        for operation in ("flush", "snapshot"):
-            self._metrics.store_errors.labels(operation=operation)
-        for kind in ("flag_key", "variant"):
-            self._metrics.cardinality_overflow.labels(kind=kind)
-        self._dropped = self._metrics.dropped_events
         self._log = ThrottledLog()
 
     # -- properties kept from litestar-flags' exporter ---------------------------------------------
@@ -237,112 +188,26 @@ class PrometheusExporter:
     def record_sync(self, event: Any) -> None:
         """Record one evaluation event from synchronous code (any thread); never raises."""
         try:
-            try:
-                series = self._series[(event.flag_key, event.reason, event.variant)]
-            except (KeyError, AttributeError, TypeError):
-                admitted = self._admit(event)
-                if admitted is None:
-                    return
-                series = admitted
+            series, duration_s, user, error_code, defects = self._read(event)
+            if defects:
+                self._defects.count(defects, type(event).__name__)
+            if series is None:
+                return
             # From here on the evaluation is counted, so nothing below may abort half-way.
             series.count.inc()
-            try:
-                ms = event.evaluation_duration_ms
-            except Exception:
-                ms = None
-            if ms.__class__ is float and 0.0 <= ms <= MAX_DURATION_MS:
-                series.duration.observe(ms / 1000.0)
-            else:
-                self._observe_slow(series, event)
+            if duration_s is not None:
+                series.duration.observe(duration_s)
             if series.is_error:
-                self._metrics.errors.labels(series.flag_key, error_code(event)).inc()
+                series.error(error_code).inc()
             if series.overflow is not None:
                 series.overflow.inc()
-            try:
-                user = event.targeting_key
-            except AttributeError:
-                user = None
-            except Exception:
-                user = self  # an attribute that raises: an unusable targeting key, counted below
-            if user.__class__ is str:
-                if not user:
-                    user = None  # anonymous
-                elif len(user) > MAX_TARGETING_KEY_LENGTH:
-                    self._defect("targeting_key", "str")
-                    user = None
-            elif user is not None:
-                self._defect("targeting_key", type(user).__name__)
-                user = None
             if not self._buffer.add(series.flag, series.is_error, user):
                 self._dropped.inc()
             if self._start_pending:
                 self._start()
         except Exception:
-            self._invalid["event"].inc()
+            self._defects.count((Defect.EVENT,), type(event).__name__)
             self._log.warning("internal", "flagmetrics: could not record a %s", type(event).__name__)
-
-    def _admit(self, event: Any) -> _Series | None:
-        """Validate the labels of an event not seen before and resolve its series (slow path)."""
-        with self._admit_lock:
-            return self._admit_locked(event)
-
-    def _admit_locked(self, event: Any) -> _Series | None:
-        flag_key, reason, variant, defects = labels(event)
-        for defect in defects:
-            self._defect(defect, type(event).__name__)
-        if not flag_key:
-            return None
-        if flag_key not in self._variants and len(self._variants) >= self._settings.max_flags:
-            flag_key = OVERFLOW
-        known = self._variants.setdefault(flag_key, set())
-        if variant not in known:
-            if len(known) >= self._settings.max_variants_per_flag:
-                variant = OVERFLOW
-            else:
-                known.add(variant)
-        label = (flag_key, reason, variant)
-        series = self._by_label.get(label)
-        if series is None:
-            overflow = None
-            if OVERFLOW in (flag_key, variant):
-                kind = "flag_key" if flag_key == OVERFLOW else "variant"
-                overflow = self._metrics.cardinality_overflow.labels(kind=kind)
-                self._log.warning(
-                    f"cap-{kind}",
-                    "flagmetrics: %s cap reached; further values are counted as %s",
-                    kind,
-                    OVERFLOW,
-                )
-            series = self._by_label[label] = _Series(
-                flag_key=flag_key,
-                count=self._metrics.evaluations.labels(flag_key, reason, variant),
-                duration=self._metrics.duration.labels(flag_key),
-                flag=self._buffer.flag(flag_key),
-                is_error=reason == ERROR,
-                overflow=overflow,
-            )
-        if not defects and len(self._series) < _SERIES_CACHE_LIMIT:
-            # A missing or unhashable field makes this event type take the slow path every time.
-            with contextlib.suppress(Exception):
-                self._series[(event.flag_key, event.reason, event.variant)] = series
-        return series
-
-    def _observe_slow(self, series: _Series, event: Any) -> None:
-        ms = duration_ms(event)
-        if ms is None:
-            self._defect("duration", type(event).__name__)
-        else:
-            series.duration.observe(ms / 1000.0)
-
-    def _defect(self, defect: str, detail: str) -> None:
-        """Count a defect; log it without the event's values, which may carry user ids."""
-        self._invalid[defect].inc()
-        self._log.warning(
-            defect,
-            "flagmetrics: %s with an invalid %s (counted in flagmetrics_invalid_events_total)",
-            detail,
-            defect,
-        )
 
     def _start(self) -> None:
         try:
@@ -449,19 +314,17 @@ class PrometheusExporter:
 
     def get_tracked_flag_keys(self) -> list[str]:
         """Flag keys recorded by this process or present in the fleet state at its last scrape."""
-        local = {key for key, variants in self._variants.items() if variants}
-        return sorted(local | self._fleet_keys)
+        return sorted(self._admission.flag_keys() | self._fleet_keys)
 
     # -- scrape side -------------------------------------------------------------------------------
 
     async def fleet_snapshot(self) -> Snapshot | None:
         """Read the fleet state for a scrape, or None when the store cannot be read in time."""
         try:
-            async with asyncio.timeout(self._settings.scrape_timeout_s):
-                snapshot = await self._store.snapshot()
-        except (StoreError, TimeoutError, OSError) as exc:
+            snapshot = await snapshot_within(self._store, self._settings.scrape_timeout_s)
+        except StoreError as exc:
             self._metrics.store_errors.labels(operation="snapshot").inc()
-            self._log.warning("snapshot", "flagmetrics: fleet gauges left out, store unreadable: %r", exc)
+            self._log.warning("snapshot", "flagmetrics: fleet gauges left out, store unreadable: %s", exc)
             return None
         self._fleet_keys = frozenset(snapshot.flags)
         return snapshot

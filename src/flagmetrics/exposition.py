@@ -1,4 +1,4 @@
-"""One scrape: read the fleet snapshot (async), then merge and render in a fresh registry off the loop."""
+"""Internal: one scrape: read the fleet snapshot (async), then merge and render in a fresh registry off the loop."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from prometheus_client.registry import REGISTRY
 from flagmetrics.collector import FleetCollector
 from flagmetrics.config import Settings
 from flagmetrics.exceptions import ConfigurationError, StoreError
-from flagmetrics.multiprocess import FilesCollector, directory_lock
+from flagmetrics.multiprocess import FilesCollector, metrics_lock
 from flagmetrics.stores import default_store
-from flagmetrics.stores.base import Snapshot
+from flagmetrics.stores.base import Snapshot, snapshot_within
 
 if TYPE_CHECKING:
     from flagmetrics.exporter import PrometheusExporter
@@ -66,7 +66,7 @@ def encode(
     scrape.register(FilesCollector(multiprocess_path))
     if fleet is not None:
         scrape.register(fleet)
-    with directory_lock(multiprocess_path):
+    with metrics_lock(multiprocess_path):
         return encoder(scrape), content_type
 
 
@@ -103,7 +103,7 @@ class ScrapeSource:
     def collect(self) -> Iterator[Metric]:
         """Yield the workers' metrics, then read the store and yield the fleet gauges."""
         if self._workers and self._path is not None:
-            with directory_lock(self._path):
+            with metrics_lock(self._path):
                 yield from FilesCollector(self._path).collect()
         if self._settings.fleet_gauges or not self._workers:
             yield from FleetCollector(asyncio.run(self._snapshot()), self._prefix).collect()
@@ -111,9 +111,8 @@ class ScrapeSource:
     async def _snapshot(self) -> Snapshot | None:
         store = default_store(self._settings, self._path)
         try:
-            async with asyncio.timeout(self._settings.scrape_timeout_s):
-                return await store.snapshot()
-        except (StoreError, TimeoutError, OSError):
+            return await snapshot_within(store, self._settings.scrape_timeout_s)
+        except StoreError:
             return None
         finally:
             await store.close()

@@ -1,4 +1,4 @@
-"""The background task that delivers a worker's buffer to the store, once per flush interval."""
+"""Internal: the background task that delivers a worker's buffer to the store, once per flush interval."""
 
 from __future__ import annotations
 

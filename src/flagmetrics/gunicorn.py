@@ -12,36 +12,14 @@ master, which outlives every worker.
 
 from __future__ import annotations
 
-import os
 import shutil
-import sys
-import tempfile
 from typing import Any
 
-from flagmetrics.exceptions import ConfigurationError
+from flagmetrics.environment import claim_directory
 
 __all__ = ["child_exit", "multiprocess_dir", "on_exit", "on_starting", "post_fork", "when_ready"]
 
-_ENV = "PROMETHEUS_MULTIPROC_DIR"
-
-
-def _claim_directory() -> tuple[str, bool]:
-    values = sys.modules.get("prometheus_client.values")
-    if values is not None and not getattr(values.ValueClass, "_multiprocess", False):
-        raise ConfigurationError(
-            f"prometheus_client was imported before `{_ENV}` was set, so gunicorn's workers would "
-            "each keep their own values; import flagmetrics.gunicorn before anything that imports "
-            f"prometheus_client, or export {_ENV} before starting gunicorn"
-        )
-    path = os.environ.get(_ENV)
-    if path:
-        return path, False
-    path = tempfile.mkdtemp(prefix="flagmetrics-multiproc-")
-    os.environ[_ENV] = path
-    return path, True
-
-
-multiprocess_dir, _temporary = _claim_directory()
+multiprocess_dir, _temporary = claim_directory()
 """The directory every worker of this master writes its metric files and fleet state to."""
 
 
@@ -58,7 +36,7 @@ _metrics_server: Any = None
 def when_ready(server: Any) -> None:
     """Serve the metrics on FLAGMETRICS_METRICS_PORT from the master, when that is set."""
     global _metrics_server
-    from flagmetrics.auth import Credentials
+    from flagmetrics.auth import credentials_for
     from flagmetrics.config import Settings
     from flagmetrics.exposition import ScrapeSource
     from flagmetrics.server import start_metrics_server
@@ -66,7 +44,7 @@ def when_ready(server: Any) -> None:
     settings = Settings.from_env()
     if settings.metrics_port is None:
         return
-    credentials = Credentials(settings.metrics_token) if settings.metrics_token else None
+    credentials = credentials_for(settings)
     source = ScrapeSource(settings, multiprocess_path=multiprocess_dir)
     _metrics_server, _ = start_metrics_server(
         source, settings.metrics_port, settings.metrics_addr, credentials=credentials

@@ -6,7 +6,7 @@ import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from flagmetrics.auth import Credentials
+from flagmetrics.auth import credentials_for
 from flagmetrics.exceptions import ConfigurationError, MissingDependencyError
 
 try:
@@ -55,8 +55,7 @@ class FlagMetricsPlugin(InitPlugin):
             raise ConfigurationError(f"`path` must start with '/', got {path!r}")
         self._exporter = exporter if exporter is not None else PrometheusExporter()
         self._path = path
-        token = bearer_token if bearer_token is not None else self._exporter.settings.metrics_token
-        self._credentials = Credentials(token, basic_auth) if token is not None or basic_auth else None
+        self._credentials = credentials_for(self._exporter.settings, bearer_token=bearer_token, basic_auth=basic_auth)
         self._shutdown_timeout_s = shutdown_timeout_s
 
     @property

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from flagmetrics.compat import flag_client_internals
 from flagmetrics.events import ERROR, Evaluation
 from flagmetrics.exceptions import MissingDependencyError
 
@@ -45,7 +46,7 @@ def instrument(client: FeatureFlagClient, exporter: PrometheusExporter) -> Featu
     """Report every evaluation of `client` to `exporter` (idempotent); returns the client."""
     if getattr(client, "_flagmetrics_exporter", None) is exporter:
         return client
-    engine = client._engine
+    engine, evaluate, merge_context = flag_client_internals(client)
     current = engine.analytics_collector
     if current is None:
         collector: Any = exporter
@@ -56,15 +57,13 @@ def instrument(client: FeatureFlagClient, exporter: PrometheusExporter) -> Featu
     engine.analytics_collector = collector
     client._analytics_collector = collector
 
-    evaluate = client._evaluate
-
     async def _evaluate(flag_key: str, default: Any, expected_type: Any, context: Any) -> Any:
         start = time.perf_counter()
         details = await evaluate(flag_key, default, expected_type, context)
         if details.error_code is not None:
             # The engine never ran, so the collector saw nothing: report it here.
             try:
-                user = client._merge_context(context).targeting_key
+                user = merge_context(context).targeting_key
             except Exception:
                 user = None
             await exporter.record(

@@ -1,4 +1,4 @@
-"""Logging that reports each kind of problem at most once per interval, with a count of the rest."""
+"""Internal: logging that reports each kind of problem at most once per interval, with a count of the rest."""
 
 from __future__ import annotations
 

@@ -1,22 +1,17 @@
-"""The counter, histogram and self-metrics each worker writes, built against an injected registry."""
+"""Internal: the counter, histogram and self-metrics each worker writes, built against an injected registry."""
 
 from __future__ import annotations
 
-import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, values
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
 
+from flagmetrics.events import Defect
 from flagmetrics.exceptions import ConfigurationError
+from flagmetrics.logs import ThrottledLog
 
-__all__ = [
-    "DEFAULT_DURATION_BUCKETS",
-    "MULTIPROC_ENV",
-    "Metrics",
-    "multiprocess_dir",
-]
-
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+__all__ = ["DEFAULT_DURATION_BUCKETS", "DefectCounter", "Metrics"]
 
 # Histogram buckets for evaluation duration, in seconds: 100 us to 1 s.
 DEFAULT_DURATION_BUCKETS: tuple[float, ...] = (
@@ -32,29 +27,6 @@ DEFAULT_DURATION_BUCKETS: tuple[float, ...] = (
     0.5,
     1.0,
 )
-
-
-def multiprocess_dir() -> str | None:
-    """Return the multiprocess directory when prometheus_client runs in multiprocess mode, else None.
-
-    Raises `ConfigurationError` when the variable is set but prometheus_client was imported before it
-    was: every worker would then silently keep values nobody else can see.
-    """
-    path = os.environ.get(MULTIPROC_ENV)
-    if not path:
-        return None
-    if not getattr(values.ValueClass, "_multiprocess", False):
-        raise ConfigurationError(
-            f"`{MULTIPROC_ENV}` is set but prometheus_client was imported before it was, so every "
-            "process keeps its own values; set it before the first import (the shipped "
-            "gunicorn.conf.py does this by importing flagmetrics.gunicorn first)"
-        )
-    if not os.path.isdir(path):
-        raise ConfigurationError(
-            f"`{MULTIPROC_ENV}` points at {path!r}, which is not a directory; create it before "
-            "starting the workers (flagmetrics.gunicorn.on_starting does)"
-        )
-    return path
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,10 +48,13 @@ class Metrics:
         prefix: str,
         duration_buckets: tuple[float, ...],
     ) -> Metrics:
-        """Create and register the metrics; `prefix` already ends in `_` when given."""
+        """Create and register the metrics; `prefix` already ends in `_` when given.
+
+        Every labelled self-metric gets its children at once, so that its first increase shows in `rate()`.
+        """
         reg = REGISTRY if registry is None else registry
         try:
-            return cls(
+            metrics = cls(
                 evaluations=Counter(
                     f"{prefix}feature_flag_evaluations",
                     "Total number of feature flag evaluations",
@@ -128,3 +103,34 @@ class Metrics:
                 f"metrics with `prefix`={prefix.rstrip('_')!r} are already registered in this "
                 f"registry ({exc}); pass a fresh `registry=CollectorRegistry()` or another `prefix`"
             ) from exc
+        for defect in Defect:
+            metrics.invalid_events.labels(defect=defect.value)
+        for operation in ("flush", "snapshot"):
+            metrics.store_errors.labels(operation=operation)
+        for kind in ("flag_key", "variant"):
+            metrics.cardinality_overflow.labels(kind=kind)
+        return metrics
+
+
+class DefectCounter:
+    """Count defective events in `flagmetrics_invalid_events_total{defect}`, logging each kind once a minute.
+
+    The log names the event's type and the defect, never the event's values, which may hold user ids.
+    """
+
+    __slots__ = ("_children", "_log")
+
+    def __init__(self, invalid_events: Counter) -> None:
+        self._children = {defect: invalid_events.labels(defect=defect.value) for defect in Defect}
+        self._log = ThrottledLog()
+
+    def count(self, defects: Iterable[Defect], event_type: str) -> None:
+        """Count each defect of one event of type `event_type`."""
+        for defect in defects:
+            self._children[defect].inc()
+            self._log.warning(
+                defect.value,
+                "flagmetrics: %s with an invalid %s (counted in flagmetrics_invalid_events_total)",
+                event_type,
+                defect.value,
+            )

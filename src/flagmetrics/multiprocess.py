@@ -1,40 +1,34 @@
-"""The multiprocess directory: preparing it, reading prometheus_client's files under a lock, and
+"""Internal: the multiprocess directory: preparing it, reading prometheus_client's files under a lock, and
 folding dead workers' files into one archive per metric type so scrapes do not slow down with them.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import glob
 import os
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 
 from prometheus_client.metrics_core import Metric
-from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.multiprocess import MultiProcessCollector
 
-__all__ = ["LOCK_NAME", "FilesCollector", "compact", "directory_lock", "prepare_directory"]
+from flagmetrics import locks
+from flagmetrics.compat import mmaped_dict
+
+__all__ = ["FilesCollector", "compact", "metrics_lock", "prepare_directory"]
 
 # A metric file's header: the bytes used (4) and padding (4); a file shorter than this is being created.
 _HEADER_BYTES = 8
 # Types whose values add up across processes; gauges are left to prometheus_client's mark_process_dead.
 _SUMMED_TYPES = ("counter", "histogram", "summary")
 
-LOCK_NAME = ".flagmetrics.lock"
-"""Lock file in the multiprocess directory: scrapes hold it shared, compaction holds it exclusive."""
-
 
 @contextlib.contextmanager
-def directory_lock(path: str, *, exclusive: bool = False) -> Iterator[None]:
-    """Hold the directory's lock, shared for reading the files, exclusive for rewriting them."""
-    fd = os.open(os.path.join(path, LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+def metrics_lock(path: str, *, exclusive: bool = False) -> Iterator[None]:
+    """Hold the lock of the metric files in `path`: shared to read them, exclusive to rewrite them."""
+    with locks.hold(path, locks.METRICS_LOCK, exclusive=exclusive):
         yield
-    finally:
-        os.close(fd)  # closing releases the lock
 
 
 class FilesCollector(MultiProcessCollector):
@@ -62,7 +56,7 @@ class FilesCollector(MultiProcessCollector):
 def prepare_directory(path: str) -> None:
     """Create `path`, or empty it of the files a previous run left (metric files and fleet state)."""
     os.makedirs(path, mode=0o700, exist_ok=True)
-    with directory_lock(path, exclusive=True):
+    with metrics_lock(path, exclusive=True):
         for pattern in ("*.db", "flagmetrics-*"):
             for name in glob.glob(os.path.join(path, pattern)):
                 with contextlib.suppress(FileNotFoundError):
@@ -80,7 +74,8 @@ def compact(path: str, pid: int) -> int:
     if _alive(pid):
         return 0
     folded = 0
-    with directory_lock(path, exclusive=True):
+    mmaped = mmaped_dict()
+    with metrics_lock(path, exclusive=True):
         for typ in _SUMMED_TYPES:
             dead = os.path.join(path, f"{typ}_{pid}.db")
             if not os.path.exists(dead):
@@ -89,12 +84,12 @@ def compact(path: str, pid: int) -> int:
             totals: dict[str, float] = defaultdict(float)
             for source in (archive, dead):
                 if os.path.exists(source):
-                    for key, value, _timestamp, _pos in MmapedDict.read_all_values_from_file(source):
+                    for key, value, _timestamp, _pos in mmaped.read_all_values_from_file(source):
                         totals[key] += value
             temporary = f"{archive}.tmp"  # not matched by the collector's *.db glob
             with contextlib.suppress(FileNotFoundError):
                 os.remove(temporary)
-            merged = MmapedDict(temporary)
+            merged = mmaped(temporary)
             try:
                 for key, value in totals.items():
                     merged.write_value(key, value, 0.0)

@@ -6,9 +6,9 @@ import contextlib
 import time
 from collections.abc import MutableMapping
 from enum import Enum
-from typing import Any, Final
+from typing import Final
 
-from flagmetrics.events import ERROR, KNOWN_REASONS, UNKNOWN, Evaluation
+from flagmetrics.events import ERROR, UNKNOWN, Defect, Evaluation, reason
 from flagmetrics.exceptions import MissingDependencyError
 
 try:
@@ -76,18 +76,18 @@ class MetricsHook(Hook):
             # No start: the SDK returned before the `before` stage (provider not ready, or an
             # earlier hook failed); the provider was never asked, so the evaluation took no time.
             ms = (end - start) * 1000.0 if type(start) is float else 0.0
-            reason = _reason(details.reason)
+            known = reason(details.reason) or UNKNOWN  # a provider's own reason counts as UNKNOWN
             code = details.error_code
-            if code is not None or reason == ERROR:
+            if code is not None or known == ERROR:
                 # The caller got the default value, whatever the provider called its reason.
-                reason, variant = ERROR, None
+                known, variant = ERROR, None
                 error_code = None if code is None else str(code.value if isinstance(code, Enum) else code)
             else:
                 variant, error_code = details.variant, None
             context = hook_context.evaluation_context
             event = Evaluation(
                 flag_key=hook_context.flag_key,
-                reason=reason,
+                reason=known,
                 variant=variant,
                 targeting_key=context.targeting_key if context is not None else None,
                 evaluation_duration_ms=ms,
@@ -97,7 +97,7 @@ class MetricsHook(Hook):
         except Exception:
             # Counted as an event that could not be read, as the exporter counts its own.
             with contextlib.suppress(Exception):
-                self._exporter.metrics.invalid_events.labels(defect="event").inc()
+                self._exporter.metrics.invalid_events.labels(defect=Defect.EVENT.value).inc()
             self._log.warning(
                 "hook",
                 "flagmetrics: could not record an OpenFeature evaluation "
@@ -116,12 +116,3 @@ def install(exporter: PrometheusExporter, client: OpenFeatureClient | None = Non
     else:
         client.add_hooks([hook])
     return hook
-
-
-def _reason(value: Any) -> str:
-    """OpenFeature's reason as a known label value; providers' own reasons count as UNKNOWN."""
-    if isinstance(value, Enum):
-        value = value.value
-    if isinstance(value, str) and value.upper() in KNOWN_REASONS:
-        return value.upper()
-    return UNKNOWN

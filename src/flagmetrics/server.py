@@ -1,4 +1,4 @@
-"""A threaded HTTP server for the metrics on a port of their own: prometheus_client's WSGI app, with auth."""
+"""Internal: a threaded HTTP server for the metrics on a port of their own: prometheus_client's WSGI app, with auth."""
 
 from __future__ import annotations
 

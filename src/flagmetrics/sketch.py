@@ -1,4 +1,4 @@
-"""HyperLogLog with Redis's parameters: 2^14 one-byte registers, 64-bit hashes, Ertl's estimator.
+"""Internal: HyperLogLog with Redis's parameters: 2^14 one-byte registers, 64-bit hashes, Ertl's estimator.
 
 The registers live in any writable buffer (a shared mmap for `LocalStore`), next to a histogram of
 their values that every update keeps current, so an estimate reads 52 counters instead of 16,384

@@ -1,11 +1,21 @@
-"""Fleet stores: the state every worker and host shares (unique users, error counts)."""
+"""Fleet stores: the state every worker and host shares (unique users, error counts).
+
+`Store` is the protocol every store implements; `LocalStore` keeps the state of one host and
+`RedisStore` that of a whole fleet. `RedisStore` is imported on first use, so that the default
+local path never loads redis-py.
+"""
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from flagmetrics.config import Settings
-from flagmetrics.stores.base import Batch, FlagDelta, FlagStats, Pin, Snapshot, Store
+from flagmetrics.stores.base import Batch, FlagDelta, FlagStats, Pin, Snapshot, Store, snapshot_within
 from flagmetrics.stores.local import LocalStore
-from flagmetrics.stores.redis import RedisStore
+
+if TYPE_CHECKING:
+    from flagmetrics.stores.redis import RedisStore
 
 __all__ = [
     "Batch",
@@ -17,11 +27,22 @@ __all__ = [
     "Snapshot",
     "Store",
     "default_store",
+    "snapshot_within",
 ]
 
 
 def default_store(settings: Settings, multiprocess_dir: str | None) -> Store:
     """The store used when none is given: Redis when `redis_url` is set, else local to this host."""
     if settings.redis_url:
+        from flagmetrics.stores.redis import RedisStore
+
         return RedisStore.from_url(settings.redis_url, key_prefix=settings.key_prefix)
     return LocalStore(multiprocess_dir)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "RedisStore":
+        value = importlib.import_module("flagmetrics.stores.redis").RedisStore
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'flagmetrics.stores' has no attribute {name!r}")

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-__all__ = ["Batch", "FlagDelta", "FlagStats", "Pin", "Snapshot", "Store"]
+from flagmetrics.exceptions import StoreError
+
+__all__ = ["Batch", "FlagDelta", "FlagStats", "Pin", "Snapshot", "Store", "snapshot_within"]
 
 
 @dataclass(slots=True)
@@ -90,3 +93,14 @@ class Store(Protocol):
     async def close(self) -> None:
         """Release connections and files."""
         ...
+
+
+async def snapshot_within(store: Store, timeout_s: float) -> Snapshot:
+    """Read `store` within `timeout_s` seconds; raise `StoreError` when it cannot (timeouts included)."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await store.snapshot()
+    except TimeoutError as exc:
+        raise StoreError(f"no answer within {timeout_s} s") from exc
+    except OSError as exc:
+        raise StoreError(f"could not read the store: {exc}") from exc

@@ -11,18 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import glob
 import hashlib
 import mmap
 import os
 import struct
 import threading
-import time
 from collections.abc import Iterator
 from typing import Final
 
-from flagmetrics import sketch
+from flagmetrics import locks, sketch
 from flagmetrics.exceptions import StoreError
 from flagmetrics.stores.base import Batch, FlagStats, Snapshot
 
@@ -98,23 +96,16 @@ def _parse(header: bytes) -> tuple[str, FlagStats] | None:
     )
 
 
-def _flock(fd: int, operation: int, timeout_s: float) -> None:
-    """Take a file lock, waiting at most `timeout_s` (flock itself has no timeout)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            fcntl.flock(fd, operation | fcntl.LOCK_NB)
-            return
-        except BlockingIOError:
-            if time.monotonic() >= deadline:
-                raise TimeoutError(f"the lock stayed taken for {timeout_s} s") from None
-            time.sleep(0.001)  # the holder keeps it for a few milliseconds at most
-
-
 class LocalStore:
     """Fleet state of one host in `path` (the multiprocess directory), or in memory when `path` is None."""
 
-    def __init__(self, path: str | None = None, *, read_timeout_s: float = 2.0, write_timeout_s: float = 8.0) -> None:
+    def __init__(
+        self,
+        path: str | None = None,
+        *,
+        read_timeout_s: float = locks.READ_TIMEOUT_S,
+        write_timeout_s: float = locks.WRITE_TIMEOUT_S,
+    ) -> None:
         """Keep state in `path`, which must exist; None keeps it in this process only.
 
         Args:
@@ -244,16 +235,12 @@ class LocalStore:
                 yield
                 return
             try:
-                fd = os.open(os.path.join(self._path, "flagmetrics-state.lock"), os.O_RDWR | os.O_CREAT, 0o600)
-            except OSError as exc:
-                raise StoreError(f"could not open the state lock in {self._path!r}: {exc}", transient=False) from exc
-            try:
-                _flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH, timeout_s)
-                yield
-            except OSError as exc:
+                with locks.hold(self._path, locks.STATE_LOCK, exclusive=exclusive, timeout_s=timeout_s):
+                    yield
+            except TimeoutError as exc:
                 raise StoreError(f"could not lock the state in {self._path!r}: {exc}") from exc
-            finally:
-                os.close(fd)
+            except OSError as exc:  # the lock file cannot be opened: the directory is gone or unwritable
+                raise StoreError(f"could not lock the state in {self._path!r}: {exc}", transient=False) from exc
 
     def __repr__(self) -> str:
         return f"LocalStore(path={self._path!r})"

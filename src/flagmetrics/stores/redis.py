@@ -14,10 +14,11 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from flagmetrics.config import redact_url
 from flagmetrics.exceptions import ConfigurationError, StoreError
 from flagmetrics.stores.base import Batch, FlagStats, Pin, Snapshot
 
-__all__ = ["RedisStore", "redact_url"]
+__all__ = ["RedisStore"]
 
 # Applies one worker batch unless this (writer, seq) was applied before, so a retried flush
 # after a lost reply never counts twice. Redis does not undo a script's writes when it fails
@@ -238,18 +239,3 @@ def _pin(raw: bytes | None) -> Pin | None:
         return None
     users, rate = json.loads(raw)
     return Pin(unique_users=int(users), error_rate=float(rate))
-
-
-def redact_url(url: str) -> str:
-    """Return `url` with its password (in the user part or a `password=` query) shown as `***`."""
-    try:
-        parts = urlsplit(url)
-        netloc = parts.netloc
-        if parts.password is not None:
-            netloc = f"{parts.username or ''}:***@{netloc.rpartition('@')[2]}"
-    except ValueError:
-        return "<a URL that could not be parsed>"
-    query = "&".join(
-        "password=***" if item.partition("=")[0].lower() == "password" else item for item in parts.query.split("&")
-    )
-    return parts._replace(netloc=netloc, query=query).geturl()

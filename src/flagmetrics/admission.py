@@ -1,0 +1,106 @@
+"""Internal: series admission: which counter children, histogram child and flag buffer a validated label triple is
+counted under, with the flag and variant caps applied and resolved once per series."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from flagmetrics.buffer import Buffer, FlagBuffer
+from flagmetrics.events import ERROR, OVERFLOW, Labels
+from flagmetrics.logs import ThrottledLog
+from flagmetrics.metrics import Metrics
+
+__all__ = ["Admission", "Series"]
+
+_KNOWN_LIMIT = 100_000
+"""Most label triples remembered; past it (label values from a bug, say), each new one is admitted
+again on every evaluation, under the lock, and still counted under its capped series."""
+
+
+class Series:
+    """What `record()` touches for one admitted label triple: everything resolved in advance."""
+
+    __slots__ = ("_error_codes", "_errors", "count", "duration", "flag", "flag_key", "is_error", "overflow")
+
+    def __init__(self, labels: Labels, metrics: Metrics, flag: FlagBuffer, overflow: Any | None) -> None:
+        self.flag_key = labels.flag_key
+        self.count = metrics.evaluations.labels(*labels)
+        self.duration = metrics.duration.labels(labels.flag_key)
+        self.flag = flag
+        self.is_error = labels.reason == ERROR
+        self.overflow = overflow
+        """The overflow counter child to increase with each evaluation, when a cap put it here."""
+        self._errors = metrics.errors
+        self._error_codes: dict[str | None, Any] = {}
+
+    def error(self, code: str | None) -> Any:
+        """The error counter child of this flag and `code`, resolved once per code."""
+        child = self._error_codes.get(code)
+        if child is None:
+            child = self._error_codes[code] = self._errors.labels(self.flag_key, code or "GENERAL")
+        return child
+
+
+class Admission:
+    """Admit label triples as series, applying the per-worker caps on flag keys and variants.
+
+    Past `max_flags` flag keys or `max_variants_per_flag` variants of a flag, evaluations are counted
+    under `__overflow__` (and in `flagmetrics_cardinality_overflow_total`), never dropped. `series()`
+    is safe from several threads: admission takes a lock, the lookup of a known triple does not.
+    """
+
+    __slots__ = ("_buffer", "_by_labels", "_lock", "_log", "_max_flags", "_max_variants", "_metrics", "_variants")
+
+    def __init__(self, metrics: Metrics, buffer: Buffer, *, max_flags: int, max_variants_per_flag: int) -> None:
+        self._metrics = metrics
+        self._buffer = buffer
+        self._max_flags = max_flags
+        self._max_variants = max_variants_per_flag
+        self._by_labels: dict[Labels, Series] = {}
+        self._variants: dict[str, set[str]] = {}
+        self._lock = threading.Lock()
+        self._log = ThrottledLog()
+
+    def series(self, labels: Labels) -> Series:
+        """The series `labels` are counted under, admitting them on first sight."""
+        series = self._by_labels.get(labels)
+        if series is None:
+            with self._lock:
+                series = self._admit(labels)
+        return series
+
+    def flag_keys(self) -> set[str]:
+        """The flag keys admitted so far (`__overflow__` included once a cap was reached)."""
+        return set(self._variants)
+
+    def _admit(self, labels: Labels) -> Series:
+        series = self._by_labels.get(labels)
+        if series is not None:  # admitted by another thread meanwhile
+            return series
+        flag_key, reason, variant = labels
+        if flag_key not in self._variants and len(self._variants) >= self._max_flags:
+            flag_key = OVERFLOW
+        known = self._variants.setdefault(flag_key, set())
+        if variant not in known:
+            if len(known) >= self._max_variants:
+                variant = OVERFLOW
+            else:
+                known.add(variant)
+        capped = Labels(flag_key, reason, variant)
+        series = self._by_labels.get(capped)
+        if series is None:
+            series = Series(capped, self._metrics, self._buffer.flag(flag_key), self._overflow(capped))
+        if len(self._by_labels) < _KNOWN_LIMIT:
+            self._by_labels[capped] = series
+            self._by_labels[labels] = series
+        return series
+
+    def _overflow(self, labels: Labels) -> Any | None:
+        if OVERFLOW not in (labels.flag_key, labels.variant):
+            return None
+        kind = "flag_key" if labels.flag_key == OVERFLOW else "variant"
+        self._log.warning(
+            f"cap-{kind}", "flagmetrics: %s cap reached; further values are counted as %s", kind, OVERFLOW
+        )
+        return self._metrics.cardinality_overflow.labels(kind=kind)

@@ -1,0 +1,98 @@
+"""Internal: the private internals of prometheus_client and litestar-flags that flagmetrics relies on, each checked.
+
+Every use of another library's private name goes through this module, so that a release which changes
+one fails here with a message saying what changed and which versions work, instead of deep inside a
+request. pyproject.toml bounds both libraries to the versions tested against these checks.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Final
+
+from flagmetrics.exceptions import FlagMetricsError
+
+__all__ = [
+    "LITESTAR_FLAGS_RANGE",
+    "PROMETHEUS_CLIENT_RANGE",
+    "UnsupportedVersionError",
+    "flag_client_internals",
+    "mmaped_dict",
+    "values_in_multiprocess_mode",
+]
+
+PROMETHEUS_CLIENT_RANGE: Final = ">=0.20,<0.27"
+"""The prometheus-client versions whose internals flagmetrics is tested against (as in pyproject.toml)."""
+
+LITESTAR_FLAGS_RANGE: Final = ">=0.2.2,<0.3"
+"""The litestar-flags versions whose internals flagmetrics is tested against (as in pyproject.toml)."""
+
+
+class UnsupportedVersionError(FlagMetricsError):
+    """An installed library lacks an internal flagmetrics relies on; the message names the working versions."""
+
+    def __init__(self, package: str, supported: str, missing: str) -> None:
+        version = _version(package)
+        super().__init__(
+            f"{package} {version} is not supported: {missing}; install a supported version with "
+            f"pip install '{package}{supported}'"
+        )
+
+
+def values_in_multiprocess_mode() -> bool | None:
+    """Whether prometheus_client's value class writes mmap files; None while prometheus_client is not loaded.
+
+    Reads `prometheus_client.values.ValueClass._multiprocess`, which prometheus_client sets when it
+    picks its value class at import, without importing prometheus_client itself.
+    """
+    values = sys.modules.get("prometheus_client.values")
+    if values is None:
+        return None
+    value_class = getattr(values, "ValueClass", None)
+    if value_class is None:
+        raise UnsupportedVersionError("prometheus-client", PROMETHEUS_CLIENT_RANGE, "values.ValueClass is gone")
+    flag = getattr(value_class, "_multiprocess", None)
+    if not isinstance(flag, bool):
+        raise UnsupportedVersionError(
+            "prometheus-client", PROMETHEUS_CLIENT_RANGE, "values.ValueClass has no `_multiprocess` flag"
+        )
+    return flag
+
+
+def mmaped_dict() -> Any:
+    """prometheus_client's `MmapedDict`, the reader and writer of its multiprocess files."""
+    from prometheus_client import mmap_dict
+
+    cls = getattr(mmap_dict, "MmapedDict", None)
+    for name in ("read_all_values_from_file", "write_value", "close"):
+        if cls is None or not callable(getattr(cls, name, None)):
+            raise UnsupportedVersionError(
+                "prometheus-client", PROMETHEUS_CLIENT_RANGE, f"mmap_dict.MmapedDict.{name} is gone"
+            )
+    return cls
+
+
+def flag_client_internals(client: Any) -> tuple[Any, Any, Any]:
+    """The engine, `_evaluate` and `_merge_context` of a litestar-flags `FeatureFlagClient`."""
+    engine = getattr(client, "_engine", None)
+    if engine is None or not hasattr(engine, "analytics_collector"):
+        raise UnsupportedVersionError(
+            "litestar-flags", LITESTAR_FLAGS_RANGE, "FeatureFlagClient has no `_engine` with an `analytics_collector`"
+        )
+    for name in ("_evaluate", "_merge_context"):
+        if not callable(getattr(client, name, None)):
+            raise UnsupportedVersionError("litestar-flags", LITESTAR_FLAGS_RANGE, f"FeatureFlagClient.{name} is gone")
+    if not hasattr(client, "_analytics_collector"):
+        raise UnsupportedVersionError(
+            "litestar-flags", LITESTAR_FLAGS_RANGE, "FeatureFlagClient has no `_analytics_collector`"
+        )
+    return engine, client._evaluate, client._merge_context
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "(not installed)"
