@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import shutil
 import signal
@@ -30,6 +31,7 @@ from flagmetrics.stores.base import Batch, FlagDelta, Pin, Snapshot, Store
 from tests.processes import (
     LOOPBACK,
     REPO,
+    RedisCluster,
     RedisServer,
     children_of,
     clean_environ,
@@ -185,6 +187,7 @@ class Gunicorn:
     log: Path
     multiproc_dir: Path
     redis_url: str | None = None
+    redis_cluster: bool = False
     key_prefix: str = "flagmetrics"
     token: str | None = None
 
@@ -221,7 +224,7 @@ class Gunicorn:
             return LocalStore(str(self.multiproc_dir)).read()
 
         async def read() -> Snapshot:
-            store = RedisStore.from_url(self.redis_url or "", key_prefix=self.key_prefix)
+            store = RedisStore.from_url(self.redis_url or "", cluster=self.redis_cluster, key_prefix=self.key_prefix)
             try:
                 return await store.snapshot()
             finally:
@@ -261,6 +264,7 @@ def gunicorn(tmp_path: Path) -> Iterator[Callable[..., Gunicorn]]:
             log=log,
             multiproc_dir=multiproc_dir,
             redis_url=environ.get("FLAGMETRICS_REDIS_URL"),
+            redis_cluster=environ.get("FLAGMETRICS_REDIS_CLUSTER") == "1",
             key_prefix=environ.get("FLAGMETRICS_KEY_PREFIX", "flagmetrics"),
             token=environ.get("FLAGMETRICS_METRICS_TOKEN"),
         )
@@ -278,3 +282,43 @@ def gunicorn(tmp_path: Path) -> Iterator[Callable[..., Gunicorn]]:
                 if pid_alive(pid):
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGKILL)
+
+
+# -- Redis Cluster ---------------------------------------------------------------------------------------
+
+
+def start_cluster(directory: Path) -> RedisCluster:
+    """3 masters and 3 replicas on free loopback ports, healthy."""
+    cluster = RedisCluster(
+        binary=require_binary("redis-server", "redis-server"),
+        cli=require_binary("redis-cli", "redis-server"),
+        directory=directory,
+    )
+    cluster.start()
+    return cluster
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    """One Redis Cluster for the session; tests keep apart by key prefix (see `cluster_prefix`)."""
+    cluster = start_cluster(tmp_path_factory.mktemp("cluster"))
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def fresh_redis_cluster(tmp_path: Path) -> Iterator[RedisCluster]:
+    """A Redis Cluster of this test's own, for tests that kill or change nodes."""
+    cluster = start_cluster(tmp_path / "cluster")
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def cluster_prefix(request: pytest.FixtureRequest) -> str:
+    """A key prefix of this test's own on the session's cluster."""
+    return "t" + hashlib.blake2b(request.node.nodeid.encode(), digest_size=6).hexdigest()

@@ -24,9 +24,11 @@ if TYPE_CHECKING:
 __all__ = [
     "LOOPBACK",
     "REPO",
+    "RedisCluster",
     "RedisServer",
     "children_of",
     "clean_environ",
+    "free_cluster_port",
     "free_port",
     "pid_alive",
     "stop_process",
@@ -150,6 +152,10 @@ class RedisServer:
                 rest += more
             return rest[: need - 2]
 
+    def alive(self) -> bool:
+        """Whether the process we started is still running."""
+        return self.proc is not None and self.proc.poll() is None
+
     def ping(self) -> bool:
         """Whether the server answers PING."""
         return self.command("PING").startswith(b"+PONG")
@@ -198,3 +204,110 @@ class RedisServer:
             if line.startswith("redis_version:"):
                 return line.split(":", 1)[1].strip()
         return "?"
+
+
+def free_cluster_port() -> int:
+    """A loopback port below 55536 that is free, and whose cluster bus port (+10000) is free too."""
+    for _ in range(200):
+        port = free_port()
+        if port >= 55536:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((LOOPBACK, port + 10000))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("found no free port whose cluster bus port is free too")
+
+
+@dataclass
+class RedisCluster:
+    """A Redis Cluster of our own on loopback: `masters` masters, each with `replicas` replicas.
+
+    Each node is a `RedisServer` started with `--cluster-enabled yes`; `redis-cli --cluster create`
+    joins them, and `start` returns once every node reports `cluster_state:ok` and every replica is
+    in sync. A short node timeout makes a failover take a few seconds instead of the default 15.
+    """
+
+    binary: str
+    cli: str
+    directory: Path
+    masters: int = 3
+    replicas: int = 1
+    node_timeout_ms: int = 1000
+    nodes: list[RedisServer] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        """The URL of one node; a cluster client finds the others from it."""
+        return self.nodes[0].url
+
+    def start(self, timeout_s: float = 60) -> None:
+        """Start every node, create the cluster and wait until it is healthy."""
+        try:
+            for _ in range(self.masters * (1 + self.replicas)):
+                port = free_cluster_port()
+                directory = self.directory / str(port)
+                directory.mkdir(parents=True)
+                node = RedisServer(
+                    binary=self.binary,
+                    directory=directory,
+                    port=port,
+                    persist=False,
+                    extra_args=(
+                        "--cluster-enabled", "yes",
+                        "--cluster-config-file", "nodes.conf",
+                        "--cluster-node-timeout", str(self.node_timeout_ms),
+                    ),
+                )  # fmt: skip
+                self.nodes.append(node)
+                node.start()
+            addresses = [f"{LOOPBACK}:{node.port}" for node in self.nodes]
+            subprocess.run(
+                [
+                    self.cli,
+                    "--cluster",
+                    "create",
+                    *addresses,
+                    "--cluster-replicas",
+                    str(self.replicas),
+                    "--cluster-yes",
+                ],
+                check=True,
+                capture_output=True,
+                timeout=timeout_s,
+            )
+            self.wait_healthy(timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+
+    def healthy(self) -> bool:
+        """Every live node sees the whole cluster up, and every replica is in sync with its master."""
+        live = [node for node in self.nodes if node.alive()]
+        for node in live:
+            if b"cluster_state:ok" not in node.command("CLUSTER", "INFO"):
+                return False
+            info = node.command("INFO", "replication")
+            if b"role:slave" in info and b"master_link_status:up" not in info:
+                return False
+        return bool(live)
+
+    def wait_healthy(self, timeout_s: float = 60) -> None:
+        """Wait until `healthy()`."""
+        wait_for(self.healthy, timeout_s, "the Redis Cluster to be healthy", interval_s=0.1)
+
+    def master_nodes(self) -> list[RedisServer]:
+        """The nodes that are masters now."""
+        return [
+            node for node in self.nodes if node.proc is not None and node.proc.poll() is None and self._is_master(node)
+        ]
+
+    def _is_master(self, node: RedisServer) -> bool:
+        return b"role:master" in node.command("INFO", "replication")
+
+    def stop(self) -> None:
+        """Stop every node by its pid."""
+        for node in self.nodes:
+            node.stop()

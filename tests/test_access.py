@@ -18,6 +18,7 @@ import pytest
 import redis
 
 from examples.traffic import parse_scrape, plan, send
+from flagmetrics.stores.redis import KeyLayout
 from tests.conftest import (
     LOOPBACK,
     Gunicorn,
@@ -174,9 +175,9 @@ def test_no_raw_user_id_reaches_redis(gunicorn: Callable[..., Gunicorn], redis_s
     wait_for(lambda: landed(tally, app), 15, "the flushes to land")
     seen = monitor.stop()
     assert b"EVALSHA" in seen.upper() or b"EVAL" in seen.upper()
-    assert b"fm-tenant-a:hll:button_color" in seen
+    assert KeyLayout("fm-tenant-a").users("button_color").encode() in seen
     for user in sorted({user for users in tally.users.values() for user in users}):
         assert user.encode() not in seen, user
     keys = [key.decode() for key in redis_server.client().scan_iter()]
     assert keys
-    assert all(key.startswith("fm-tenant-a:") for key in keys), keys
+    assert all(key.startswith("{fm-tenant-a:") for key in keys), keys

@@ -205,8 +205,8 @@ def test_settings_validate_themselves_on_construction() -> None:
         Settings(flush_interval_s=-1)
 
 
-def test_with_leaves_fields_given_as_none_unchanged() -> None:
-    assert Settings(max_flags=3).with_(max_flags=None, hash_key=None) == Settings(max_flags=3)
+def test_with_can_clear_an_optional_setting() -> None:
+    assert Settings(redis_url="redis://h/0").with_(redis_url=None) == Settings()
 
 
 def test_with_returns_a_changed_copy() -> None:

@@ -4,21 +4,28 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
+import time
 from collections import Counter
 from typing import Any
 
 import pytest
 import redis
+from hypothesis import given
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 from redis.asyncio.connection import AbstractConnection
+from redis.crc import key_slot
 
 from flagmetrics import PrometheusExporter, RedisStore
 from flagmetrics.events import Evaluation
 from flagmetrics.exceptions import ConfigurationError, StoreError
 from flagmetrics.stores.base import FlagDelta, Pin, Snapshot
+from flagmetrics.stores.redis import GROUPS, KeyLayout
 from tests.conftest import UNICODE_KEY, RedisServer, batch, run_with, users, wait_for
 
 PREFIX = "fm-test"
+LAYOUT = KeyLayout(PREFIX)
 
 
 def store_of(server: RedisServer, **kwargs: Any) -> RedisStore:
@@ -82,7 +89,7 @@ def test_a_large_batch_adds_every_member_to_the_hyperloglog(redis_server: RedisS
     run_with(store_of(redis_server), lambda store: store.push(batch(1, {"a": FlagDelta(30_000, 0, members)})))
     client = redis_server.client()
     client.pfadd("scratch", *members)
-    assert client.pfcount(f"{PREFIX}:hll:a") == client.pfcount("scratch")
+    assert client.pfcount(LAYOUT.users("a")) == client.pfcount("scratch")
 
 
 def test_the_same_batch_pushed_twice_is_applied_once(redis_server: RedisServer) -> None:
@@ -120,7 +127,7 @@ def test_a_batch_whose_reply_was_lost_counts_once(redis_server: RedisServer) -> 
     lost = batch(2, {"a": FlagDelta(10, 2, users(0, 10))})
 
     def landed() -> bool:
-        return client.hget(f"{PREFIX}:totals", "a") == b"11"
+        return client.hget(LAYOUT.flag("a"), "total") == b"11"
 
     async def scenario(store: RedisStore) -> tuple[StoreError, Snapshot]:
         await store.push(batch(1, {"a": FlagDelta(1, 0)}))  # loads the script
@@ -152,7 +159,7 @@ def test_every_key_is_under_the_key_prefix(redis_server: RedisServer) -> None:
     run_with(store_of(redis_server), scenario)
     keys = [key.decode() for key in redis_server.client().keys("*")]
     assert keys
-    assert all(key.startswith(f"{PREFIX}:") for key in keys), keys
+    assert all(key.startswith(f"{{{PREFIX}:") for key in keys), keys
 
 
 # -- pins and reset -------------------------------------------------------------------------------------
@@ -199,10 +206,11 @@ def test_reset_removes_every_flag_key_of_the_prefix_and_nothing_else(redis_serve
 
     assert run_with(store_of(redis_server), scenario).flags == {}
     assert {key: client.get(key) for key in unrelated} == unrelated
-    left = [key.decode() for key in client.keys(f"{PREFIX}:*")]
+    left = [key.decode() for key in client.keys(f"{{{PREFIX}:*")]
     # Only the per-writer sequence numbers stay, on purpose and with their expiry: forgetting them
     # would let a batch delivered again after the reset count a second time.
-    assert all(key.startswith(f"{PREFIX}:seq:") for key in left), left
+    assert left
+    assert all(":seq:" in key for key in left), left
     assert all(client.ttl(key) > 0 for key in left)
 
 
@@ -241,16 +249,16 @@ def test_snapshot_takes_the_same_round_trips_for_10_and_500_flags(
 ) -> None:
     small_trips, small = snapshot_cost(redis_server, monkeypatch, 10)
     large_trips, large = snapshot_cost(redis_server, monkeypatch, 500)
-    # A MULTI/EXEC block of three HGETALLs, then one request counting every flag's users.
+    # Two pipelines: one script per group listing its flags, then one per group reading them.
     assert small_trips == large_trips == 2
-    assert (small["multi"], small["exec"], small["hgetall"]) == (1, 1, 3)
-    assert (small["pfcount"], large["pfcount"]) == (10, 500)
-    # Only the PFCOUNTs grow with the number of flags.
-    assert large - small == Counter({"pfcount": 490})
-    assert small - large == Counter()
+    assert small["evalsha"] <= large["evalsha"] == 2 * GROUPS
+    assert small["zrangebyscore"] == large["zrangebyscore"] == GROUPS
+    # Only the reads of each flag grow with the number of flags.
+    assert (small["pfcount"], large["pfcount"], small["hmget"], large["hmget"]) == (10, 500, 10, 500)
+    assert set(large - small) == {"evalsha", "pfcount", "hmget"}
 
 
-def test_push_is_one_evalsha_per_batch_whatever_its_size(
+def test_push_is_one_round_trip_per_batch_whatever_its_size(
     redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     client = redis_server.client()
@@ -267,8 +275,9 @@ def test_push_is_one_evalsha_per_batch_whatever_its_size(
         return calls(client, "evalsha") - before, trips.count, calls(client, "eval")
 
     evalshas, round_trips, evals = run_with(store_of(redis_server), scenario)
-    assert (evalshas, round_trips, evals) == (len(sizes), len(sizes), 0)
-    assert int(client.hget(f"{PREFIX}:totals", "f2") or 0) == sum(sizes)
+    groups = len({LAYOUT.group(flag) for flag in ("f0", "f1", "f2", "p")})
+    assert (evalshas, round_trips, evals) == (groups * len(sizes), len(sizes), 0)
+    assert int(client.hget(LAYOUT.flag("f2"), "total") or 0) == sum(sizes)
 
 
 # -- failures -------------------------------------------------------------------------------------------
@@ -288,7 +297,7 @@ def test_snapshot_raises_store_error_while_redis_is_stopped(redis_server: RedisS
 
 
 def test_a_key_of_the_wrong_type_makes_push_raise_a_permanent_store_error(redis_server: RedisServer) -> None:
-    redis_server.client().set(f"{PREFIX}:totals", "not a hash")
+    redis_server.client().set(LAYOUT.flag("a"), "not a hash")
     with pytest.raises(StoreError, match="WRONGTYPE") as raised:
         run_with(store_of(redis_server), lambda store: store.push(batch(1, {"a": FlagDelta(1, 0)})))
     assert raised.value.transient is False
@@ -297,8 +306,9 @@ def test_a_key_of_the_wrong_type_makes_push_raise_a_permanent_store_error(redis_
 def test_a_refused_batch_changes_nothing(redis_server: RedisServer) -> None:
     """A counts hash of the wrong type is found before anything is written."""
     client = redis_server.client()
-    client.rpush(f"{PREFIX}:errors", "not a hash")
-    refused = batch(1, {"a": FlagDelta(10, 1, users(0, 10)), "b": FlagDelta(5, 0, users(0, 5))})
+    assert LAYOUT.group("a") == LAYOUT.group("e")  # so that one script refuses both
+    client.rpush(LAYOUT.flag("e"), "not a hash")
+    refused = batch(1, {"a": FlagDelta(10, 1, users(0, 10)), "e": FlagDelta(5, 0, users(0, 5))})
 
     async def scenario(store: RedisStore) -> None:
         for _ in range(3):  # the flusher's attempts before it drops the batch
@@ -306,15 +316,14 @@ def test_a_refused_batch_changes_nothing(redis_server: RedisServer) -> None:
                 await store.push(refused)
 
     run_with(store_of(redis_server), scenario)
-    assert client.hgetall(f"{PREFIX}:totals") == {}
-    assert client.exists(f"{PREFIX}:hll:a") == 0
+    assert client.exists(LAYOUT.flag("a"), LAYOUT.users("a"), LAYOUT.flags(LAYOUT.group("a"))) == 0
 
 
 def test_a_batch_refused_by_a_corrupt_hyperloglog_adds_no_count(redis_server: RedisServer) -> None:
     """A string that is not a HyperLogLog fails at PFADD: no count is added, however often it is retried."""
     client = redis_server.client()
-    client.set(f"{PREFIX}:hll:b", "not a HyperLogLog")
-    refused = batch(1, {"a": FlagDelta(10, 1, users(0, 10)), "b": FlagDelta(5, 0, users(0, 5))})
+    client.set(LAYOUT.users("e"), "not a HyperLogLog")
+    refused = batch(1, {"a": FlagDelta(10, 1, users(0, 10)), "e": FlagDelta(5, 0, users(0, 5))})
 
     async def scenario(store: RedisStore) -> None:
         for _ in range(3):
@@ -323,8 +332,7 @@ def test_a_batch_refused_by_a_corrupt_hyperloglog_adds_no_count(redis_server: Re
             assert raised.value.transient is False
 
     run_with(store_of(redis_server), scenario)
-    assert client.hgetall(f"{PREFIX}:totals") == {}
-    assert client.hgetall(f"{PREFIX}:errors") == {}
+    assert client.exists(LAYOUT.flag("a"), LAYOUT.flag("e"), LAYOUT.flags(LAYOUT.group("a"))) == 0
 
 
 def test_push_works_after_a_restart_empties_the_script_cache(redis_server: RedisServer) -> None:
@@ -385,7 +393,8 @@ def test_a_refused_batch_is_dropped_after_3_attempts_and_later_batches_are_deliv
     redis_server: RedisServer,
 ) -> None:
     client = redis_server.client()
-    client.set("flagmetrics:totals", "not a hash")
+    refusing = KeyLayout("flagmetrics").flag("f")
+    client.set(refusing, "not a hash")
     registry = CollectorRegistry()
 
     def dropped() -> float | None:
@@ -403,7 +412,7 @@ def test_a_refused_batch_is_dropped_after_3_attempts_and_later_batches_are_deliv
                 with pytest.raises(StoreError):
                     await exporter.flush()
                 seen.append(dropped())
-            client.delete("flagmetrics:totals")
+            client.delete(refusing)
             for i in range(7):
                 await exporter.record(Evaluation("f", "ERROR" if i < 2 else "STATIC", "on", f"user-{100 + i}", 1.0))
             await exporter.flush()
@@ -422,5 +431,181 @@ def test_redis_holds_digests_of_the_user_ids_never_the_ids(redis_server: RedisSe
     # The HyperLogLog already holds the BLAKE2b digest of the id, and not the raw id.
     client = redis_server.client()
     run_with(store_of(redis_server), lambda store: store.push(batch(1, {"a": FlagDelta(1, 0, users(0, 1))})))
-    assert client.pfadd(f"{PREFIX}:hll:a", hashlib.blake2b(b"user-0", digest_size=8).digest()) == 0
-    assert client.pfadd(f"{PREFIX}:hll:a", b"user-0") == 1
+    assert client.pfadd(LAYOUT.users("a"), hashlib.blake2b(b"user-0", digest_size=8).digest()) == 0
+    assert client.pfadd(LAYOUT.users("a"), b"user-0") == 1
+
+
+# -- key layout -----------------------------------------------------------------------------------------
+
+FLAG_KEYS = st.text(
+    alphabet=st.characters(categories=["L", "N", "P", "S", "Zs"], include_characters="{}:"), min_size=1, max_size=200
+)
+
+
+def test_each_group_has_a_tag_in_its_own_share_of_the_slots() -> None:
+    """The groups spread evenly over a cluster's 16,384 slots, whatever the prefix."""
+    for prefix in (PREFIX, "flagmetrics", "a"):
+        layout = KeyLayout(prefix)
+        slots = [key_slot(layout.flags(group).encode()) for group in range(GROUPS)]
+        assert [slot * GROUPS // 16384 for slot in slots] == list(range(GROUPS))
+
+
+@given(flag_key=FLAG_KEYS)
+def test_every_key_of_a_flag_is_in_its_groups_slot(flag_key: str) -> None:
+    """Braces, colons or spaces in a flag key never move its keys out of its group's slot."""
+    group = LAYOUT.group(flag_key)
+    slot = key_slot(LAYOUT.flags(group).encode())
+    keys = (LAYOUT.flag(flag_key), LAYOUT.users(flag_key), LAYOUT.seq(group, "host:1:ab"))
+    assert {key_slot(key.encode()) for key in keys} == {slot}
+
+
+@given(first=FLAG_KEYS, second=FLAG_KEYS)
+def test_keys_of_two_flags_never_collide_with_each_other_or_with_a_groups_keys(first: str, second: str) -> None:
+    shared = {LAYOUT.flags(group) for group in range(GROUPS)} | {LAYOUT.seq(group, first) for group in range(GROUPS)}
+    one, other = {LAYOUT.flag(first), LAYOUT.users(first)}, {LAYOUT.flag(second), LAYOUT.users(second)}
+    assert len(one) == 2
+    assert not one & shared
+    assert first == second or not one & other
+
+
+@pytest.mark.parametrize("prefix", ["", "fm{x}", "{fm", "fm}"])
+def test_a_key_prefix_with_braces_is_refused(prefix: str) -> None:
+    with pytest.raises(ConfigurationError, match="`key_prefix`"):
+        KeyLayout(prefix)
+
+
+# -- upgrading from the layout of flagmetrics 0.1 ------------------------------------------------------
+
+# The flush script of flagmetrics 0.1, which kept every flag's counts in three hashes and its users in
+# one HyperLogLog outside any hash tag (so it could not run on a cluster).
+OLD_FLUSH_LUA = """
+local seq = tonumber(ARGV[1])
+local last = tonumber(redis.call('GET', KEYS[1]) or '-1')
+if seq <= last then return 0 end
+for k = 2, 4 do
+  local kind = redis.call('TYPE', KEYS[k]).ok
+  if kind ~= 'none' and kind ~= 'hash' then
+    return redis.error_reply('WRONGTYPE ' .. KEYS[k] .. ' holds a ' .. kind .. ', not a hash')
+  end
+end
+local i = 5
+for f = 1, tonumber(ARGV[3]) do
+  local n = tonumber(ARGV[i + 3])
+  i = i + 4
+  local done = 0
+  while done < n do
+    local step = math.min(n - done, 512)
+    redis.call('PFADD', KEYS[4 + f], unpack(ARGV, i + done, i + done + step - 1))
+    done = done + step
+  end
+  i = i + n
+end
+i = 5
+for f = 1, tonumber(ARGV[3]) do
+  local flag, total, errors, n = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])
+  if total > 0 then redis.call('HINCRBY', KEYS[2], flag, total) end
+  if errors > 0 then redis.call('HINCRBY', KEYS[3], flag, errors) end
+  i = i + 4 + n
+end
+for p = 1, tonumber(ARGV[4]) do
+  redis.call('HSET', KEYS[4], ARGV[i], ARGV[i + 1])
+  i = i + 2
+end
+redis.call('SET', KEYS[1], seq, 'EX', tonumber(ARGV[2]))
+return 1
+"""
+
+
+def write_old_layout(client: redis.Redis, writer: str, seq: int, flags: dict[str, FlagDelta]) -> None:
+    """Apply a batch as flagmetrics 0.1 did."""
+    keys = [f"{PREFIX}:seq:{writer}", f"{PREFIX}:totals", f"{PREFIX}:errors", f"{PREFIX}:pins"]
+    args: list[Any] = [seq, 86_400, len(flags), 0]
+    for flag_key, delta in flags.items():
+        keys.append(f"{PREFIX}:hll:{flag_key}")
+        args += (flag_key, delta.total, delta.errors, len(delta.members), *delta.members)
+    client.eval(OLD_FLUSH_LUA, len(keys), *keys, *args)
+
+
+def test_flags_of_the_old_layout_are_moved_into_their_groups_once(redis_server: RedisServer) -> None:
+    """An upgraded store moves 0.1's keys in, adds to them, and keeps moving what workers not yet
+    upgraded (a rolling deploy) still write the old way."""
+    client = redis_server.client()
+    write_old_layout(client, "old:1:aa", 1, {"a": FlagDelta(10, 2, users(0, 50)), UNICODE_KEY: FlagDelta(4, 0)})
+    client.hset(f"{PREFIX}:pins", "pinned", json.dumps([7, 0.5]))
+
+    async def scenario(store: RedisStore) -> tuple[Snapshot, Snapshot, Snapshot]:
+        moved = await store.snapshot()
+        await store.push(batch(1, {"a": FlagDelta(5, 1, users(40, 60))}))
+        after_push = await store.snapshot()
+        write_old_layout(client, "old:1:aa", 2, {"a": FlagDelta(3, 3, users(100, 110))})  # an old worker, still up
+        store._next_layout_check = 0.0  # the next minutely look
+        return moved, after_push, await store.snapshot()
+
+    moved, after_push, later = run_with(store_of(redis_server), scenario)
+    assert figures(moved) == {"a": (10, 2), UNICODE_KEY: (4, 0), "pinned": (0, 0)}
+    assert (moved.flags["a"].unique_users, moved.flags["pinned"].unique_users) == (50, 7)
+    assert moved.flags["pinned"].error_rate == 0.5
+    assert figures(after_push)["a"] == (15, 3)
+    assert after_push.flags["a"].unique_users == 60
+    assert figures(later)["a"] == (18, 6)
+    assert later.flags["a"].unique_users == 70
+    assert client.keys(f"{PREFIX}:hll:*") == []
+    assert client.hlen(f"{PREFIX}:totals") == client.hlen(f"{PREFIX}:pins") == 0
+
+
+# -- retention ------------------------------------------------------------------------------------------
+
+
+def test_a_flag_nobody_writes_to_expires_after_the_retention(redis_server: RedisServer) -> None:
+    client = redis_server.client()
+
+    async def scenario(store: RedisStore) -> tuple[Snapshot, Snapshot]:
+        await store.push(batch(1, {"gone": FlagDelta(3, 1, users(0, 3)), "kept": FlagDelta(1, 0)}))
+        first = await store.snapshot()
+        assert all(0 < client.ttl(key) <= 2 for key in (LAYOUT.flag("gone"), LAYOUT.users("gone")))
+
+        async def pushed_and_gone() -> bool:
+            await store.push(batch(int(time.time() * 1000), {"kept": FlagDelta(1, 0)}))
+            return "gone" not in (await store.snapshot()).flags
+
+        deadline = time.monotonic() + 10
+        while not await pushed_and_gone():
+            assert time.monotonic() < deadline, "the retention never let the flag go"
+            await asyncio.sleep(0.2)
+        return first, await store.snapshot()
+
+    first, later = run_with(store_of(redis_server, retention_s=2), scenario)
+    assert set(first.flags) == {"gone", "kept"}
+    assert set(later.flags) == {"kept"}
+    assert client.exists(LAYOUT.flag("gone"), LAYOUT.users("gone")) == 0
+    assert client.zscore(LAYOUT.flags(LAYOUT.group("gone")), "gone") is None
+
+
+def test_retention_must_be_positive() -> None:
+    with pytest.raises(ConfigurationError, match="`retention_s`"):
+        RedisStore.from_url("redis://127.0.0.1:1/0", retention_s=0)
+
+
+# -- a batch refused in part ----------------------------------------------------------------------------
+
+
+def test_a_batch_refused_by_one_group_applies_the_others_once_and_says_what_was_refused(
+    redis_server: RedisServer,
+) -> None:
+    client = redis_server.client()
+    assert LAYOUT.group("a") != LAYOUT.group("c")
+    client.set(LAYOUT.flag("c"), "not a hash")
+    refused = batch(1, {"a": FlagDelta(10, 1, users(0, 10)), "c": FlagDelta(5, 2, users(0, 5))})
+
+    async def scenario(store: RedisStore) -> tuple[list[int | None], Snapshot]:
+        seen = []
+        for _ in range(3):
+            with pytest.raises(StoreError) as raised:
+                await store.push(refused)
+            assert raised.value.transient is False
+            seen.append(raised.value.refused_events)
+        return seen, await store.snapshot()
+
+    refused_events, snapshot = run_with(store_of(redis_server), scenario)
+    assert refused_events == [5, 5, 5]
+    assert figures(snapshot) == {"a": (10, 1)}

@@ -7,6 +7,7 @@ import os
 import secrets
 import socket
 import threading
+import time
 from collections.abc import Iterable
 
 from flagmetrics.stores.base import Batch, FlagDelta, Pin
@@ -134,7 +135,8 @@ class Buffer:
             self._seq += 1
             seq = self._seq
         # Hash outside the lock: the sets taken are no longer reachable from record().
-        deltas = {key: FlagDelta(t, e, digest_users(users, hash_key)) for key, t, e, users in taken}
+        now = time.time()
+        deltas = {key: FlagDelta(t, e, digest_users(users, hash_key), now if t else 0.0) for key, t, e, users in taken}
         batch = Batch(writer=self.writer, seq=seq, flags=deltas, pins=pins)
         with self._lock:
             self._in_flight = (batch, sum(len(users) for *_, users in taken))

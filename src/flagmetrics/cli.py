@@ -48,6 +48,7 @@ _NO_STORE = (
 _SOURCES = {
     "url": "--redis-url or FLAGMETRICS_REDIS_URL",
     "key_prefix": "--key-prefix or FLAGMETRICS_KEY_PREFIX",
+    "redis_cluster": "--redis-cluster or FLAGMETRICS_REDIS_CLUSTER",
     "scrape_timeout_s": "--scrape-timeout or FLAGMETRICS_SCRAPE_TIMEOUT_S",
     "path": "--dir",
 }
@@ -183,6 +184,12 @@ def _store_options(parser: argparse.ArgumentParser) -> None:
         "takes precedence over FLAGMETRICS_REDIS_URL",
     )
     parser.add_argument(
+        "--redis-cluster",
+        action="store_true",
+        default=None,
+        help="the Redis URL names a node of a Redis Cluster (default: FLAGMETRICS_REDIS_CLUSTER)",
+    )
+    parser.add_argument(
         "--key-prefix", help="prefix of the Redis keys (default: FLAGMETRICS_KEY_PREFIX or flagmetrics)"
     )
 
@@ -271,11 +278,11 @@ def _inspect(args: argparse.Namespace) -> int:
     settings = _settings(args)
     snapshot = _snapshot(settings, args.dir, args.timeout)
     if args.json:
-        store: dict[str, str] = (
-            {"directory": args.dir}
-            if args.dir is not None
-            else {"redis_url": redact_url(settings.redis_url or ""), "key_prefix": settings.key_prefix}
-        )
+        store: dict[str, Any] = {"directory": args.dir}
+        if args.dir is None:
+            store = {"redis_url": redact_url(settings.redis_url or ""), "key_prefix": settings.key_prefix}
+            if settings.redis_cluster:
+                store["cluster"] = True
         flags = {key: _as_json(stats) for key, stats in sorted(snapshot.flags.items())}
         print(json.dumps({"store": store, "flags": flags}, indent=2))
     elif not snapshot.flags:
@@ -292,9 +299,11 @@ def _inspect(args: argparse.Namespace) -> int:
 def _settings(args: argparse.Namespace, **overrides: Any) -> Settings:
     """Read the `FLAGMETRICS_*` variables and apply the options given; `--dir` wins over a Redis URL."""
     try:
-        settings = Settings.from_env(redis_url=args.redis_url, key_prefix=args.key_prefix, **overrides)
+        settings = Settings.from_env(
+            redis_url=args.redis_url, redis_cluster=args.redis_cluster, key_prefix=args.key_prefix, **overrides
+        )
         if args.dir is not None:
-            settings = settings.with_(redis_url=None)
+            settings = settings.with_(redis_url=None, redis_cluster=False)
     except ConfigurationError as exc:
         raise ConfigurationError(_with_source(str(exc))) from exc
     return settings
@@ -341,7 +350,8 @@ def _describe(settings: Settings, directory: str | None) -> str:
     """Name the store for a message, without its password."""
     if directory is not None:
         return f"the directory {directory!r}"
-    return f"Redis at {redact_url(settings.redis_url or '')} (key prefix {settings.key_prefix!r})"
+    kind = "Redis Cluster" if settings.redis_cluster else "Redis"
+    return f"{kind} at {redact_url(settings.redis_url or '')} (key prefix {settings.key_prefix!r})"
 
 
 def _secrets(args: argparse.Namespace) -> set[str]:

@@ -21,8 +21,14 @@ class Settings:
     redis_url: str | None = None
     """Redis URL (`redis://`, `rediss://` or `unix://`); set it to share fleet state across hosts."""
 
+    redis_cluster: bool = False
+    """`redis_url` names a node of a Redis Cluster: use redis-py's cluster client."""
+
     key_prefix: str = "flagmetrics"
     """Prefix of every Redis key (the local store keeps its files in the multiprocess directory)."""
+
+    retention_s: int | None = None
+    """Forget a flag's fleet state in Redis when no worker has written to it for this many seconds; unset: keep."""
 
     flush_interval_s: float = 1.0
     """Seconds between two flushes of a worker's buffer to the store."""
@@ -90,12 +96,23 @@ class Settings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigurationError(f"`{name}` must be a positive whole number, got {value!r}")
-        if not self.key_prefix or any(c.isspace() for c in self.key_prefix):
-            raise ConfigurationError(f"`key_prefix` must be a non-empty string without spaces, got {self.key_prefix!r}")
+        if not self.key_prefix or any(c.isspace() or c in "{}" for c in self.key_prefix):
+            raise ConfigurationError(
+                f"`key_prefix` must be a non-empty string without spaces or braces, got {self.key_prefix!r}"
+            )
+        if not isinstance(self.redis_cluster, bool):
+            raise ConfigurationError(f"`redis_cluster` must be True or False, got {self.redis_cluster!r}")
+        if self.redis_cluster and not self.redis_url:
+            raise ConfigurationError(
+                "`redis_cluster` needs `redis_url` (FLAGMETRICS_REDIS_URL) naming a node of the cluster"
+            )
+        retention = self.retention_s
+        if retention is not None and (isinstance(retention, bool) or not isinstance(retention, int) or retention < 1):
+            raise ConfigurationError(f"`retention_s` must be a positive whole number of seconds, got {retention!r}")
 
     def with_(self, **changes: Any) -> Settings:
-        """Return a copy with the fields given changed (those given as None are left as they are)."""
-        return replace(self, **{name: value for name, value in changes.items() if value is not None})
+        """Return a copy with the fields given changed, validated."""
+        return replace(self, **changes)
 
 
 def metric_prefix(prefix: str, *, argument: str = "prefix") -> str:

@@ -21,10 +21,12 @@ class ConfigurationError(FlagMetricsError, ValueError):
 class StoreError(FlagMetricsError):
     """The fleet store (Redis or the local multiprocess directory) could not be read or written."""
 
-    def __init__(self, message: str, *, transient: bool = True) -> None:
+    def __init__(self, message: str, *, transient: bool = True, refused_events: int | None = None) -> None:
         super().__init__(message)
         self.transient = transient
         """True for outages (retry for as long as it takes), False for errors a retry cannot fix."""
+        self.refused_events = refused_events
+        """For a refused batch applied in part, the evaluations of the part refused; None: all of them."""
 
 
 class MissingDependencyError(FlagMetricsError, ImportError):

@@ -92,13 +92,16 @@ class PrometheusExporter:
                 keyword arguments after it override single fields.
         """
         self._prefix = metric_prefix(prefix)
+        overrides = {
+            "flush_interval_s": flush_interval_s,
+            "buffer_capacity": buffer_capacity,
+            "scrape_timeout_s": scrape_timeout_s,
+            "max_flags": max_flags,
+            "max_variants_per_flag": max_variants_per_flag,
+            "hash_key": hash_key,
+        }
         self._settings = (settings or Settings.from_env()).with_(
-            flush_interval_s=flush_interval_s,
-            buffer_capacity=buffer_capacity,
-            scrape_timeout_s=scrape_timeout_s,
-            max_flags=max_flags,
-            max_variants_per_flag=max_variants_per_flag,
-            hash_key=hash_key,
+            **{name: value for name, value in overrides.items() if value is not None}
         )
         self._multiprocess_dir = multiprocess_dir()
         self._metrics = Metrics.create(registry, self._prefix, tuple(duration_buckets))

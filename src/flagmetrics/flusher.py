@@ -91,12 +91,13 @@ class Flusher:
             return
         self._refusals = 0
         self._buffer.drop_in_flight()
-        self._dropped.inc(batch.events)
+        lost = batch.events if exc.refused_events is None else exc.refused_events
+        self._dropped.inc(lost)
         logger.error(
-            "flagmetrics: the store refused a batch %d times; its %d evaluations are counted in "
+            "flagmetrics: the store refused a batch %d times; the %d evaluations it refused are counted in "
             "flagmetrics_dropped_events_total: %s",
             REFUSALS_BEFORE_DROP,
-            batch.events,
+            lost,
             exc,
         )
 

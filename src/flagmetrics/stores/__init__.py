@@ -36,7 +36,12 @@ def default_store(settings: Settings, multiprocess_dir: str | None) -> Store:
     if settings.redis_url:
         from flagmetrics.stores.redis import RedisStore
 
-        return RedisStore.from_url(settings.redis_url, key_prefix=settings.key_prefix)
+        return RedisStore.from_url(
+            settings.redis_url,
+            cluster=settings.redis_cluster,
+            key_prefix=settings.key_prefix,
+            retention_s=settings.retention_s,
+        )
     return LocalStore(multiprocess_dir)
 
 

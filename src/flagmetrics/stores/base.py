@@ -19,6 +19,9 @@ class FlagDelta:
     total: int = 0
     errors: int = 0
     members: frozenset[bytes] = field(default_factory=frozenset)
+    seen: float = 0.0
+    """When the worker took these evaluations from its buffer (Unix seconds): the latest of them
+    happened at most one flush interval earlier. 0 when unknown."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +61,8 @@ class FlagStats:
     errors: int
     unique_users: int
     pinned_error_rate: float | None = None
+    last_evaluated_s: float | None = None
+    """The latest evaluation anywhere in the fleet (Unix seconds, from the workers' clocks); None when unknown."""
 
     @property
     def error_rate(self) -> float | None:

@@ -1,122 +1,273 @@
-"""`RedisStore`: fleet state in Redis, one HyperLogLog and two hash fields per flag, shared by every host."""
+"""Internal: `RedisStore`, the fleet state in Redis or Redis Cluster, shared by every worker of every host.
+
+Key layout (see `KeyLayout`): flags are spread over `GROUPS` groups by a hash of their key, and every
+key of a group starts with the group's hash tag, `{<prefix>:<n>}`, so a group lives in one slot of a
+cluster and one script can update it atomically, while the groups spread over the cluster's slots.
+A flag key only ever follows the tag, so it cannot change the slot, and it is always the last part
+of a key, after a fixed kind, so no two flags' keys (nor a flag's and a group's) can collide.
+
+Per group: `{t}:flags`, a sorted set of the group's flags scored by their last write (Unix seconds);
+`{t}:seq:<writer>`, the last batch of that writer applied to the group. Per flag: `{t}:f:<flag>`, a
+hash of `total`, `errors`, `seen` (the latest evaluation, Unix seconds) and `pin`; `{t}:u:<flag>`,
+the HyperLogLog of its users' digests.
+
+A flush runs one script per group it touches; a scrape runs two per group (list the flags, then
+read them). On a single node all of a round's scripts go in one pipeline (one round trip); on a
+cluster they run concurrently, each routed by redis-py's cluster client to its slot's master.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import json
 import math
-from typing import Any
+import time
+from collections.abc import Sequence
+from typing import Any, Final
 from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
+from redis.commands.core import AsyncScript
+from redis.crc import key_slot
+from redis.exceptions import (
+    ClusterDownError,
+    NoScriptError,
+    ReadOnlyError,
+    RedisClusterException,
+    RedisError,
+    SlotNotCoveredError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from flagmetrics.config import redact_url
 from flagmetrics.exceptions import ConfigurationError, StoreError
-from flagmetrics.stores.base import Batch, FlagStats, Pin, Snapshot
+from flagmetrics.stores.base import Batch, FlagDelta, FlagStats, Pin, Snapshot
 
-__all__ = ["RedisStore"]
+__all__ = ["GROUPS", "KeyLayout", "RedisStore"]
 
-# Applies one worker batch unless this (writer, seq) was applied before, so a retried flush
-# after a lost reply never counts twice. Redis does not undo a script's writes when it fails
-# half-way, so everything that can fail comes first: the hashes' types are checked, then the
-# PFADDs run (a key that is not a HyperLogLog fails there, and adding members again on a retry
-# is harmless), and only then are counts added.
-# Members go to PFADD in chunks to stay within Lua's argument limits.
-# KEYS: seq key, totals hash, errors hash, pins hash, then one HyperLogLog key per flag.
-# ARGV: seq, seq ttl (s), number of flags, number of pins, then per flag: key, total, errors,
-#       member count, members...; then per pin: key, json.
-_FLUSH_LUA = """
+GROUPS: Final = 16
+"""Groups of flags, each with its own hash tag: a flush or a scrape runs at most this many scripts a round."""
+
+_SLOTS: Final = 16384
+
+# Applies one worker batch to one group unless this (writer, seq) was applied to the group before,
+# so a retried flush after a lost reply never counts twice. Redis does not undo a script's writes
+# when it fails half-way, so everything that can fail comes first: the types of the flags' hashes
+# are checked, then the PFADDs run (a key that is not a HyperLogLog fails there, and adding members
+# again on a retry is harmless), and only then are counts added.
+# KEYS: seq key, flags sorted set, then per flag: its hash, its HyperLogLog.
+# ARGV: seq, seq ttl (s), retention (s, 0: keep), now (Unix s), number of flags, then per flag:
+#       flag key, total, errors, seen (Unix s, 0: none), pin (JSON or ''), member count, members...
+_APPLY_LUA = """
 local seq = tonumber(ARGV[1])
 local last = tonumber(redis.call('GET', KEYS[1]) or '-1')
 if seq <= last then return 0 end
-for k = 2, 4 do
-  local kind = redis.call('TYPE', KEYS[k]).ok
+local retention, now, nflags = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+for f = 1, nflags do
+  local kind = redis.call('TYPE', KEYS[1 + 2 * f]).ok
   if kind ~= 'none' and kind ~= 'hash' then
-    return redis.error_reply('WRONGTYPE ' .. KEYS[k] .. ' holds a ' .. kind .. ', not a hash')
+    return redis.error_reply('WRONGTYPE ' .. KEYS[1 + 2 * f] .. ' holds a ' .. kind .. ', not a hash')
   end
 end
-local i = 5
-for f = 1, tonumber(ARGV[3]) do
-  local n = tonumber(ARGV[i + 3])
-  i = i + 4
+local i = 6
+for f = 1, nflags do
+  local n = tonumber(ARGV[i + 5])
+  i = i + 6
   local done = 0
   while done < n do
     local step = math.min(n - done, 512)
-    redis.call('PFADD', KEYS[4 + f], unpack(ARGV, i + done, i + done + step - 1))
+    redis.call('PFADD', KEYS[2 + 2 * f], unpack(ARGV, i + done, i + done + step - 1))
     done = done + step
   end
   i = i + n
 end
-i = 5
-for f = 1, tonumber(ARGV[3]) do
-  local flag, total, errors, n = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])
-  if total > 0 then redis.call('HINCRBY', KEYS[2], flag, total) end
-  if errors > 0 then redis.call('HINCRBY', KEYS[3], flag, errors) end
-  i = i + 4 + n
+i = 6
+for f = 1, nflags do
+  local hash, users = KEYS[1 + 2 * f], KEYS[2 + 2 * f]
+  local flag, total, errors = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
+  local seen, pin, n = tonumber(ARGV[i + 3]), ARGV[i + 4], tonumber(ARGV[i + 5])
+  redis.call('HINCRBY', hash, 'total', total)
+  if errors > 0 then redis.call('HINCRBY', hash, 'errors', errors) end
+  if seen > tonumber(redis.call('HGET', hash, 'seen') or '0') then redis.call('HSET', hash, 'seen', ARGV[i + 3]) end
+  if pin ~= '' then redis.call('HSET', hash, 'pin', pin) end
+  redis.call('ZADD', KEYS[2], now, flag)
+  if retention > 0 then
+    redis.call('EXPIRE', hash, retention)
+    redis.call('EXPIRE', users, retention)
+  end
+  i = i + 6 + n
 end
-for p = 1, tonumber(ARGV[4]) do
-  redis.call('HSET', KEYS[4], ARGV[i], ARGV[i + 1])
-  i = i + 2
+if retention > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. (now - retention))
+  redis.call('EXPIRE', KEYS[2], retention)
 end
 redis.call('SET', KEYS[1], seq, 'EX', tonumber(ARGV[2]))
 return 1
 """
 
-# Deletes every flag's state at once: the flags named in the totals and pins hashes, their
-# HyperLogLogs (ARGV[1] is the HyperLogLog key prefix) and the hashes. Batch sequence keys stay,
-# so a batch delivered again after the reset is still recognised.
-# KEYS: totals hash, errors hash, pins hash.
-_RESET_LUA = """
-local names = redis.call('HKEYS', KEYS[1])
-for _, name in ipairs(redis.call('HKEYS', KEYS[3])) do table.insert(names, name) end
-for _, name in ipairs(names) do redis.call('DEL', ARGV[1] .. name) end
-redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
-return #names
+# Lists a group's flags written since `since` (ARGV[1], Unix s; 0: all).
+# KEYS: the group's flags sorted set.
+_LIST_LUA = """
+return redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], '+inf')
 """
 
-# PFCOUNT of every key given, in one command: a thousand flags cost one reply, not a thousand.
-_COUNT_LUA = """
-local counts = {}
-for i, key in ipairs(KEYS) do counts[i] = redis.call('PFCOUNT', key) end
-return counts
+# Reads each flag's figures at one moment: total, errors, seen, pin and the HyperLogLog's count.
+# KEYS: per flag: its hash, its HyperLogLog.
+_READ_LUA = """
+local out = {}
+for f = 1, #KEYS / 2 do
+  local fields = redis.call('HMGET', KEYS[2 * f - 1], 'total', 'errors', 'seen', 'pin')
+  out[f] = {fields[1] or false, fields[2] or false, fields[3] or false, fields[4] or false,
+            redis.call('PFCOUNT', KEYS[2 * f])}
+end
+return out
 """
 
-_SCHEMES = ("redis", "rediss", "unix")
+# Deletes the keys given and removes the flags named from the group's sorted set.
+# KEYS: the group's flags sorted set, then the flags' keys. ARGV: the flag keys.
+_FORGET_LUA = """
+if #KEYS > 1 then redis.call('DEL', unpack(KEYS, 2)) end
+if #ARGV > 0 then redis.call('ZREM', KEYS[1], unpack(ARGV)) end
+return #ARGV
+"""
+
+# Moves one flag from the layout of flagmetrics 0.1 (single node only: three hashes and a
+# HyperLogLog per flag, outside any hash tag) into its group, adding to what is there already.
+# KEYS: old totals, old errors, old pins, old HyperLogLog, flags sorted set, flag hash, flag HyperLogLog.
+# ARGV: flag key, now (Unix s).
+_MIGRATE_LUA = """
+local flag = ARGV[1]
+local total = redis.call('HGET', KEYS[1], flag)
+local pin = redis.call('HGET', KEYS[3], flag)
+if not total and not pin then return 0 end
+if total then redis.call('HINCRBY', KEYS[6], 'total', total) end
+local errors = redis.call('HGET', KEYS[2], flag)
+if errors then redis.call('HINCRBY', KEYS[6], 'errors', errors) end
+if pin and redis.call('HEXISTS', KEYS[6], 'pin') == 0 then redis.call('HSET', KEYS[6], 'pin', pin) end
+if redis.call('EXISTS', KEYS[4]) == 1 then
+  redis.call('PFMERGE', KEYS[7], KEYS[7], KEYS[4])
+  redis.call('DEL', KEYS[4])
+end
+redis.call('ZADD', KEYS[5], 'NX', ARGV[2], flag)
+redis.call('HDEL', KEYS[1], flag)
+redis.call('HDEL', KEYS[2], flag)
+redis.call('HDEL', KEYS[3], flag)
+return 1
+"""
+
+_SCHEMES: Final = ("redis", "rediss", "unix")
+_LAYOUT_CHECK_INTERVAL_S: Final = 60.0  # how often a store looks for keys of the old layout
+# Errors of an outage or a failover, after redis-py's own retries: the batch is kept and sent again.
+_TRANSIENT: Final = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    ClusterDownError,
+    TryAgainError,
+    ReadOnlyError,
+    SlotNotCoveredError,
+)
+
+_Call = tuple[AsyncScript, list[str], list[Any]]
+
+
+class KeyLayout:
+    """Where each piece of a flag's fleet state lives: the group and hash tag of a flag, and its keys."""
+
+    __slots__ = ("_groups", "prefix", "tags")
+
+    def __init__(self, prefix: str) -> None:
+        """Lay keys out under `prefix`, which must not hold `{` or `}` (they would move the hash tag)."""
+        if not prefix or "{" in prefix or "}" in prefix:
+            raise ConfigurationError(f"`key_prefix` must be non-empty and hold no braces, got {prefix!r}")
+        self.prefix = prefix
+        self.tags: tuple[str, ...] = tuple(_spread_tag(prefix, group) for group in range(GROUPS))
+        """The hash tag of each group, `{<prefix>:<n>}`, chosen so the groups fall in evenly spaced slots."""
+        self._groups: dict[str, int] = {}
+
+    def group(self, flag_key: str) -> int:
+        """The group of a flag: a hash of its key, the same in every process and release."""
+        group = self._groups.get(flag_key)
+        if group is None:
+            digest = hashlib.blake2b(flag_key.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+            group = int.from_bytes(digest, "little") % GROUPS
+            if len(self._groups) < 100_000:
+                self._groups[flag_key] = group
+        return group
+
+    def flags(self, group: int) -> str:
+        """The sorted set of a group's flags, scored by their last write."""
+        return f"{self.tags[group]}:flags"
+
+    def seq(self, group: int, writer: str) -> str:
+        """The last batch of `writer` applied to a group."""
+        return f"{self.tags[group]}:seq:{writer}"
+
+    def flag(self, flag_key: str) -> str:
+        """The hash of a flag's counts, latest evaluation and pin."""
+        return f"{self.tags[self.group(flag_key)]}:f:{flag_key}"
+
+    def users(self, flag_key: str) -> str:
+        """The HyperLogLog of a flag's users."""
+        return f"{self.tags[self.group(flag_key)]}:u:{flag_key}"
+
+
+def _spread_tag(prefix: str, group: int) -> str:
+    """The first tag `{prefix:n}` whose slot falls in the group's share of the 16,384 slots."""
+    low, high = group * _SLOTS // GROUPS, (group + 1) * _SLOTS // GROUPS
+    n = 0
+    while not low <= key_slot(f"{prefix}:{n}".encode()) < high:
+        n += 1
+    return f"{{{prefix}:{n}}}"
 
 
 class RedisStore:
-    """Fleet state in Redis: every key under `key_prefix`, user ids only as digests."""
+    """Fleet state in Redis or Redis Cluster: every key under `key_prefix`, user ids only as digests."""
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: aioredis.Redis | RedisCluster,
         *,
         key_prefix: str = "flagmetrics",
         seq_ttl_s: int = 86_400,
+        retention_s: int | None = None,
     ) -> None:
-        """Wrap a redis-py asyncio client created with `decode_responses=False`."""
-        if not key_prefix:
-            raise ConfigurationError("`key_prefix` must not be empty; every key lives under it")
+        """Wrap a redis-py asyncio client (`Redis` or `RedisCluster`) created with `decode_responses=False`.
+
+        Args:
+            seq_ttl_s: How long a writer's last batch number is kept, in seconds: a batch delivered
+                again later than that after its first delivery would be applied twice.
+            retention_s: Forget a flag's state when no worker has written to it for that long, in
+                seconds; None keeps it until a reset.
+        """
+        if retention_s is not None and (isinstance(retention_s, bool) or retention_s < 1):
+            raise ConfigurationError(f"`retention_s` must be a positive number of seconds, got {retention_s!r}")
         self._client = client
-        self._prefix = key_prefix
+        self._cluster = isinstance(client, RedisCluster)
+        self._layout = KeyLayout(key_prefix)
         self._seq_ttl_s = seq_ttl_s
-        self._totals = f"{key_prefix}:totals"
-        self._errors = f"{key_prefix}:errors"
-        self._pins = f"{key_prefix}:pins"
-        self._flush = client.register_script(_FLUSH_LUA)
-        self._count = client.register_script(_COUNT_LUA)
-        self._reset_all = client.register_script(_RESET_LUA)
+        self._retention_s = retention_s
+        self._apply = client.register_script(_APPLY_LUA)
+        self._list = client.register_script(_LIST_LUA)
+        self._read = client.register_script(_READ_LUA)
+        self._forget = client.register_script(_FORGET_LUA)
+        self._migrate = client.register_script(_MIGRATE_LUA)
+        self._next_layout_check = 0.0
+        self._scripts_loaded = False
 
     @classmethod
     def from_url(
         cls,
         url: str,
         *,
+        cluster: bool = False,
         key_prefix: str = "flagmetrics",
+        retention_s: int | None = None,
         timeout_s: float = 1.0,
         retries: int = 2,
         **client_kwargs: Any,
@@ -124,13 +275,15 @@ class RedisStore:
         """Connect lazily to `url` (`redis://`, `rediss://` for TLS, `unix://`), AUTH taken from the URL.
 
         Args:
+            cluster: `url` names any node of a Redis Cluster; redis-py's cluster client finds the others.
             timeout_s: Socket connect and read timeout in seconds.
             retries: Retries of a failed command, with redis-py's exponential backoff.
-            client_kwargs: Passed on to `redis.asyncio.Redis.from_url`.
+            client_kwargs: Passed on to `redis.asyncio.Redis.from_url` (or `RedisCluster.from_url`).
         """
         parts = urlsplit(url)
-        if parts.scheme not in _SCHEMES:
-            raise ConfigurationError(f"`url` must start with redis://, rediss:// or unix://, got {redact_url(url)!r}")
+        if parts.scheme not in _SCHEMES or (cluster and parts.scheme == "unix"):
+            schemes = "redis:// or rediss://" if cluster else "redis://, rediss:// or unix://"
+            raise ConfigurationError(f"`url` must start with {schemes}, got {redact_url(url)!r}")
         if parts.scheme != "unix" and not parts.hostname:
             raise ConfigurationError(f"`url` names no host: {redact_url(url)!r}")
         if not (math.isfinite(timeout_s) and timeout_s > 0):
@@ -140,102 +293,257 @@ class RedisStore:
             "socket_connect_timeout": timeout_s,
             # Backoff between retries: 20 ms doubling, at most 0.5 s.
             "retry": Retry(ExponentialBackoff(cap=0.5, base=0.02), retries),
-            "health_check_interval": 30,
         }
+        if not cluster:
+            options["health_check_interval"] = 30
         options.update(client_kwargs)
         options["decode_responses"] = False
+        client: aioredis.Redis | RedisCluster
         try:
-            client = aioredis.Redis.from_url(url, **options)
-        except (ValueError, TypeError) as exc:
+            client = RedisCluster.from_url(url, **options) if cluster else aioredis.Redis.from_url(url, **options)
+        except (ValueError, TypeError, RedisClusterException) as exc:
             raise ConfigurationError(f"`url` {redact_url(url)!r} is not a valid Redis URL: {exc}") from exc
-        return cls(client, key_prefix=key_prefix)
+        return cls(client, key_prefix=key_prefix, retention_s=retention_s)
 
     @property
-    def client(self) -> aioredis.Redis:
+    def client(self) -> aioredis.Redis | RedisCluster:
         """The redis-py client."""
         return self._client
 
     @property
     def key_prefix(self) -> str:
         """The prefix of every key this store writes."""
-        return self._prefix
+        return self._layout.prefix
 
-    def hll_key(self, flag_key: str) -> str:
-        """The HyperLogLog key of a flag."""
-        return f"{self._prefix}:hll:{flag_key}"
+    @property
+    def layout(self) -> KeyLayout:
+        """Where each key lives."""
+        return self._layout
+
+    @property
+    def cluster(self) -> bool:
+        """Whether the client is a Redis Cluster client."""
+        return self._cluster
 
     async def push(self, batch: Batch) -> None:
-        """Apply `batch` in one round trip, exactly once per `(writer, seq)`."""
-        keys: list[str] = [f"{self._prefix}:seq:{batch.writer}", self._totals, self._errors, self._pins]
-        args: list[Any] = [batch.seq, self._seq_ttl_s, len(batch.flags), len(batch.pins)]
-        for flag_key, delta in batch.flags.items():
-            keys.append(self.hll_key(flag_key))
-            args += (flag_key, delta.total, delta.errors, len(delta.members))
-            args.extend(delta.members)
-        for flag_key, pin in batch.pins.items():
-            args += (flag_key, json.dumps([pin.unique_users, pin.error_rate]))
-        try:
-            await self._flush(keys=keys, args=args)
-        except (RedisConnectionError, RedisTimeoutError) as exc:
-            raise StoreError(f"could not reach Redis: {exc}") from exc
-        except (RedisError, UnicodeError) as exc:
-            raise StoreError(f"Redis refused the batch: {exc}", transient=False) from exc
+        """Apply `batch`, one script per group it touches, exactly once per `(writer, seq)` and group."""
+        await self._upgrade_layout()
+        now = time.time()
+        entries: dict[int, list[tuple[str, FlagDelta | None, Pin | None]]] = {}
+        for flag_key in {*batch.flags, *batch.pins}:
+            entry = (flag_key, batch.flags.get(flag_key), batch.pins.get(flag_key))
+            entries.setdefault(self._layout.group(flag_key), []).append(entry)
+        calls: list[_Call] = []
+        events: list[int] = []
+        for group, flags in sorted(entries.items()):
+            keys = [self._layout.seq(group, batch.writer), self._layout.flags(group)]
+            args: list[Any] = [batch.seq, self._seq_ttl_s, self._retention_s or 0, now, len(flags)]
+            for flag_key, delta, pin in flags:
+                keys += (self._layout.flag(flag_key), self._layout.users(flag_key))
+                members = delta.members if delta is not None else ()
+                args += (
+                    flag_key,
+                    delta.total if delta is not None else 0,
+                    delta.errors if delta is not None else 0,
+                    delta.seen if delta is not None and delta.total else 0,
+                    json.dumps([pin.unique_users, pin.error_rate]) if pin is not None else "",
+                    len(members),
+                )
+                args.extend(members)
+            calls.append((self._apply, keys, args))
+            events.append(sum(delta.total for _, delta, _ in flags if delta is not None))
+        results = await self._run(calls, "write the batch", refusals=True)
+        refused = [(n, result) for n, result in zip(events, results, strict=True) if isinstance(result, StoreError)]
+        if refused:
+            # The other groups' scripts applied their part: a retry skips it, a drop must not count it.
+            raise StoreError(str(refused[0][1]), transient=False, refused_events=sum(n for n, _ in refused))
 
     async def snapshot(self) -> Snapshot:
-        """Read every flag in two round trips, whatever the number of flags."""
-        try:
-            # One transaction: totals and errors from the same moment, so the error rate is consistent.
-            async with self._client.pipeline(transaction=True) as pipe:
-                pipe.hgetall(self._totals)
-                pipe.hgetall(self._errors)
-                pipe.hgetall(self._pins)
-                totals, errors, pins = await pipe.execute()
-            flags = sorted(set(totals) | set(pins))
-            counts: list[int] = []
-            if flags:
-                counts = await self._count(keys=[self.hll_key(_text(raw)) for raw in flags])
-        except RedisError as exc:
-            raise StoreError(f"could not read from Redis: {exc}") from exc
+        """Read every flag in two rounds of one script per group, whatever the number of flags."""
+        await self._upgrade_layout()
+        since = time.time() - self._retention_s if self._retention_s else 0
+        listed = await self._run(
+            [(self._list, [self._layout.flags(group)], [since]) for group in range(GROUPS)], "read the fleet state"
+        )
+        names = [[_text(raw) for raw in flags] for flags in listed]
+        calls: list[_Call] = [(self._read, self._flag_keys(flags), []) for flags in names if flags]
+        replies = iter(await self._run(calls, "read the fleet state"))
         result: dict[str, FlagStats] = {}
-        for raw, users in zip(flags, counts, strict=True):
-            pin = _pin(pins.get(raw))
-            result[raw.decode("utf-8", "replace")] = FlagStats(
-                total=int(totals.get(raw, 0)),
-                errors=int(errors.get(raw, 0)),
-                unique_users=pin.unique_users if pin else int(users),
-                pinned_error_rate=pin.error_rate if pin else None,
-            )
+        for flags in names:
+            if not flags:
+                continue
+            for flag_key, (total, errors, seen, pin_json, users) in zip(flags, next(replies), strict=True):
+                stats = _stats(total, errors, seen, pin_json, users)
+                if stats is not None:
+                    result[flag_key] = stats
         return Snapshot(flags=result)
 
     async def reset(self, flag_key: str | None = None) -> None:
-        """Delete one flag's state, or every flag's."""
-        try:
-            if flag_key is None:
-                await self._reset_all(keys=[self._totals, self._errors, self._pins], args=[self.hll_key("")])
-                return
-            async with self._client.pipeline(transaction=True) as pipe:
-                pipe.delete(self.hll_key(flag_key))
-                pipe.hdel(self._totals, flag_key)
-                pipe.hdel(self._errors, flag_key)
-                pipe.hdel(self._pins, flag_key)
-                await pipe.execute()
-        except RedisError as exc:
-            raise StoreError(f"could not reset Redis state: {exc}") from exc
+        """Delete one flag's state, or every flag's (listing each group's flags first)."""
+        await self._upgrade_layout()
+        if flag_key is not None:
+            names: list[list[str]] = [
+                [flag_key] if group == self._layout.group(flag_key) else [] for group in range(GROUPS)
+            ]
+        else:
+            listed = await self._run(
+                [(self._list, [self._layout.flags(group)], [0]) for group in range(GROUPS)], "read the fleet state"
+            )
+            names = [[_text(raw) for raw in flags] for flags in listed]
+        calls: list[_Call] = [
+            (self._forget, [self._layout.flags(group), *self._flag_keys(flags)], list(flags))
+            for group, flags in enumerate(names)
+            if flags
+        ]
+        await self._run(calls, "reset the fleet state")
 
     async def close(self) -> None:
-        """Close the connection pool."""
+        """Close the connections."""
         await self._client.aclose()
 
+    def _flag_keys(self, flags: Sequence[str]) -> list[str]:
+        keys: list[str] = []
+        for flag_key in flags:
+            keys += (self._layout.flag(flag_key), self._layout.users(flag_key))
+        return keys
+
+    async def _run(self, calls: Sequence[_Call], doing: str, *, refusals: bool = False) -> list[Any]:
+        """Run scripts: in one pipeline on a single node, concurrently on a cluster; raise `StoreError`.
+
+        With `refusals`, a script Redis refuses gives a non-transient `StoreError` in its place in
+        the results instead of raising, once every script has run.
+        """
+        if not calls:
+            return []
+        try:
+            results = await (self._concurrently(calls) if self._cluster else self._pipelined(calls))
+        except _TRANSIENT as exc:
+            raise StoreError(f"could not {doing} in Redis: {exc}") from exc
+        except (RedisError, RedisClusterException, UnicodeError) as exc:
+            raise StoreError(f"Redis refused to {doing}: {exc}", transient=False) from exc
+        checked: list[Any] = []
+        for result in results:
+            if isinstance(result, _TRANSIENT):
+                raise StoreError(f"could not {doing} in Redis: {result}") from result
+            if isinstance(result, RedisError | RedisClusterException | UnicodeError):
+                error = StoreError(f"Redis refused to {doing}: {result}", transient=False)
+                error.__cause__ = result
+                if not refusals:
+                    raise error
+                result = error
+            elif isinstance(result, BaseException):
+                raise result
+            checked.append(result)
+        return checked
+
+    async def _concurrently(self, calls: Sequence[_Call]) -> list[Any]:
+        """Send every script at once, each to its slot's master; load the scripts first where Redis lacks them.
+
+        The scripts are loaded on every master before the first calls (and again after a NOSCRIPT, as
+        after a failover to a replica that never saw them), not by each call on its own, which would
+        load them many times over at once.
+        """
+        client = self._client
+        assert isinstance(client, RedisCluster)
+        results: list[Any] = [None] * len(calls)
+        pending = list(range(len(calls)))
+        for _ in range(2):
+            if not self._scripts_loaded:
+                await client.initialize()
+                for script in (self._apply, self._list, self._read, self._forget):
+                    await client.script_load(script.script)
+                self._scripts_loaded = True
+            replies = await asyncio.gather(
+                *(client.evalsha(calls[i][0].sha, len(calls[i][1]), *calls[i][1], *calls[i][2]) for i in pending),
+                return_exceptions=True,
+            )
+            for index, reply in zip(pending, replies, strict=True):
+                results[index] = reply
+            pending = [index for index, reply in zip(pending, replies, strict=True) if isinstance(reply, NoScriptError)]
+            if not pending:
+                break
+            self._scripts_loaded = False
+        return results
+
+    async def _pipelined(self, calls: Sequence[_Call]) -> list[Any]:
+        """Send every script in one pipeline; load the scripts Redis has forgotten and send those again."""
+        client = self._client
+        assert isinstance(client, aioredis.Redis)
+        results: list[Any] = [None] * len(calls)
+        pending = list(range(len(calls)))
+        for _ in range(2):
+            async with client.pipeline(transaction=False) as pipe:
+                for index in pending:
+                    script, keys, args = calls[index]
+                    pipe.evalsha(script.sha, len(keys), *keys, *args)
+                replies = await pipe.execute(raise_on_error=False)
+            for index, reply in zip(pending, replies, strict=True):
+                results[index] = reply
+            missing = [index for index, reply in zip(pending, replies, strict=True) if isinstance(reply, NoScriptError)]
+            if not missing:
+                break
+            for script in {calls[index][0] for index in missing}:  # a restart or SCRIPT FLUSH emptied the cache
+                await client.script_load(script.script)
+            pending = missing
+        return results
+
+    async def _upgrade_layout(self) -> None:
+        """Move flags written in the layout of flagmetrics 0.1 into their groups (a single node only).
+
+        Looked for once a minute, so that the workers of a rolling upgrade that still write the old
+        layout are moved too; each flag moves in one script, exactly once.
+        """
+        if self._cluster or time.monotonic() < self._next_layout_check:
+            return
+        self._next_layout_check = time.monotonic() + _LAYOUT_CHECK_INTERVAL_S
+        prefix = self._layout.prefix
+        old = (f"{prefix}:totals", f"{prefix}:errors", f"{prefix}:pins")
+        client = self._client
+        assert isinstance(client, aioredis.Redis)
+        try:
+            if not await client.exists(old[0], old[2]):
+                return
+            totals, pins = await client.hkeys(old[0]), await client.hkeys(old[2])
+            calls: list[_Call] = []
+            for flag_key in sorted({_text(raw) for raw in (*totals, *pins)}):
+                keys = [*old, f"{prefix}:hll:{flag_key}", self._layout.flags(self._layout.group(flag_key))]
+                keys += (self._layout.flag(flag_key), self._layout.users(flag_key))
+                calls.append((self._migrate, keys, [flag_key, time.time()]))
+            for reply in await self._pipelined(calls):
+                if isinstance(reply, BaseException):
+                    raise reply
+        except _TRANSIENT as exc:
+            self._next_layout_check = 0.0  # look again next time
+            raise StoreError(f"could not read the fleet state in Redis: {exc}") from exc
+        except RedisError as exc:
+            raise StoreError(f"could not move the old keys to the new layout: {exc}", transient=False) from exc
+
     def __repr__(self) -> str:
-        return f"RedisStore(key_prefix={self._prefix!r})"
+        kind = "cluster" if self._cluster else "single node"
+        return f"RedisStore(key_prefix={self._layout.prefix!r}, {kind})"
 
 
 def _text(raw: bytes | str) -> str:
     return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
 
 
-def _pin(raw: bytes | None) -> Pin | None:
-    if raw is None:
+def _stats(total: Any, errors: Any, seen: Any, pin_json: Any, users: Any) -> FlagStats | None:
+    """A flag's figures from its hash fields; None for a flag with neither evaluations nor a pin."""
+    pin = _pin(pin_json)
+    count = int(total or 0)
+    if not count and pin is None:
+        return None
+    return FlagStats(
+        total=count,
+        errors=int(errors or 0),
+        unique_users=pin.unique_users if pin else int(users),
+        pinned_error_rate=pin.error_rate if pin else None,
+        last_evaluated_s=float(seen) if seen else None,
+    )
+
+
+def _pin(raw: bytes | str | None) -> Pin | None:
+    if not raw:
         return None
     users, rate = json.loads(raw)
     return Pin(unique_users=int(users), error_rate=float(rate))
