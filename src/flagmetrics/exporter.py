@@ -18,7 +18,7 @@ from flagmetrics.environment import multiprocess_dir
 from flagmetrics.events import MAX_KEY_LENGTH, Defect, Reader, valid_label
 from flagmetrics.exceptions import ConfigurationError, FlagMetricsError, StoreError
 from flagmetrics.flusher import Flusher
-from flagmetrics.logs import ThrottledLog
+from flagmetrics.logs import ThrottledLog, logger
 from flagmetrics.metrics import DEFAULT_DURATION_BUCKETS, DefectCounter, Metrics
 from flagmetrics.stores import default_store
 from flagmetrics.stores.base import Pin, Snapshot, Store, snapshot_within
@@ -328,6 +328,10 @@ class PrometheusExporter:
         except StoreError as exc:
             self._metrics.store_errors.labels(operation="snapshot").inc()
             self._log.warning("snapshot", "flagmetrics: fleet gauges left out, store unreadable: %s", exc)
+            return None
+        except Exception:  # a store's own defect must cost the scrape its gauges, not its answer
+            self._metrics.store_errors.labels(operation="snapshot").inc()
+            logger.exception("flagmetrics: fleet gauges left out, the store failed")
             return None
         self._fleet_keys = frozenset(snapshot.flags)
         return snapshot

@@ -113,7 +113,11 @@ class FlagMetricsPlugin(InitPlugin):
                     media_type="text/plain",
                     headers={"www-authenticate": credentials.challenge},
                 )
-            body, content_type = await render(exporter, request.headers.get("accept"))
+            try:
+                body, content_type = await render(exporter, request.headers.get("accept"))
+            except Exception:
+                logger.exception("flagmetrics: could not render the metrics")
+                return Response(b"could not render the metrics\n", status_code=500, media_type="text/plain")
             # Given as a header so that Litestar does not append a second charset.
             return Response(
                 body,

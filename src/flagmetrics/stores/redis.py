@@ -28,7 +28,7 @@ from typing import Any, Final
 from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
-from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.commands.core import AsyncScript
@@ -39,7 +39,6 @@ from redis.exceptions import (
     ReadOnlyError,
     RedisClusterException,
     RedisError,
-    SlotNotCoveredError,
     TryAgainError,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -170,7 +169,7 @@ _TRANSIENT: Final = (
     ClusterDownError,
     TryAgainError,
     ReadOnlyError,
-    SlotNotCoveredError,
+    RedisClusterException,  # no node reachable, slots not covered: the cluster is failing over or down
 )
 
 _Call = tuple[AsyncScript, list[str], list[Any]]
@@ -275,11 +274,15 @@ class RedisStore:
         """Connect lazily to `url` (`redis://`, `rediss://` for TLS, `unix://`), AUTH taken from the URL.
 
         Args:
-            cluster: `url` names any node of a Redis Cluster; redis-py's cluster client finds the others.
+            cluster: `url` names any node of a Redis Cluster, or several separated by commas
+                (`redis://:password@host1:6379,host2:6379`); redis-py's cluster client finds the
+                others. Name more than one, so that a process starting while one is down still
+                finds the cluster.
             timeout_s: Socket connect and read timeout in seconds.
             retries: Retries of a failed command, with redis-py's exponential backoff.
             client_kwargs: Passed on to `redis.asyncio.Redis.from_url` (or `RedisCluster.from_url`).
         """
+        url, others = _startup_nodes(url, cluster)
         parts = urlsplit(url)
         if parts.scheme not in _SCHEMES or (cluster and parts.scheme == "unix"):
             schemes = "redis:// or rediss://" if cluster else "redis://, rediss:// or unix://"
@@ -300,7 +303,10 @@ class RedisStore:
         options["decode_responses"] = False
         client: aioredis.Redis | RedisCluster
         try:
-            client = RedisCluster.from_url(url, **options) if cluster else aioredis.Redis.from_url(url, **options)
+            if cluster:
+                client = RedisCluster.from_url(url, startup_nodes=others or None, **options)
+            else:
+                client = aioredis.Redis.from_url(url, **options)
         except (ValueError, TypeError, RedisClusterException) as exc:
             raise ConfigurationError(f"`url` {redact_url(url)!r} is not a valid Redis URL: {exc}") from exc
         return cls(client, key_prefix=key_prefix, retention_s=retention_s)
@@ -419,18 +425,22 @@ class RedisStore:
             results = await (self._concurrently(calls) if self._cluster else self._pipelined(calls))
         except _TRANSIENT as exc:
             raise StoreError(f"could not {doing} in Redis: {exc}") from exc
-        except (RedisError, RedisClusterException, UnicodeError) as exc:
+        except (RedisError, UnicodeError) as exc:
             raise StoreError(f"Redis refused to {doing}: {exc}", transient=False) from exc
+        except Exception as exc:  # the client's own failures, as seen while connections break in a failover
+            raise StoreError(f"could not {doing} in Redis, the client failed: {exc!r}") from exc
         checked: list[Any] = []
         for result in results:
             if isinstance(result, _TRANSIENT):
                 raise StoreError(f"could not {doing} in Redis: {result}") from result
-            if isinstance(result, RedisError | RedisClusterException | UnicodeError):
+            if isinstance(result, RedisError | UnicodeError):
                 error = StoreError(f"Redis refused to {doing}: {result}", transient=False)
                 error.__cause__ = result
                 if not refusals:
                     raise error
                 result = error
+            elif isinstance(result, Exception):
+                raise StoreError(f"could not {doing} in Redis, the client failed: {result!r}") from result
             elif isinstance(result, BaseException):
                 raise result
             checked.append(result)
@@ -521,6 +531,26 @@ class RedisStore:
     def __repr__(self) -> str:
         kind = "cluster" if self._cluster else "single node"
         return f"RedisStore(key_prefix={self._layout.prefix!r}, {kind})"
+
+
+def _startup_nodes(url: str, cluster: bool) -> tuple[str, list[ClusterNode]]:
+    """Split `scheme://auth@host1:port1,host2:port2/db` into a URL of the first host and the other nodes."""
+    scheme, sep, rest = url.partition("://")
+    netloc, slash, path = rest.partition("/")
+    auth, at, hosts = netloc.rpartition("@")
+    first, *others = hosts.split(",")
+    if not others:
+        return url, []
+    if not cluster:
+        raise ConfigurationError(f"`url` names several hosts, which only a cluster takes: {redact_url(url)!r}")
+    nodes = []
+    for host in others:
+        name, colon, port = host.rpartition(":")
+        try:
+            nodes.append(ClusterNode(name, int(port)) if colon else ClusterNode(host, 6379))
+        except ValueError:
+            raise ConfigurationError(f"`url` names a bad port: {redact_url(url)!r}") from None
+    return f"{scheme}{sep}{auth}{at}{first}{slash}{path}", nodes
 
 
 def _text(raw: bytes | str) -> str:
