@@ -72,9 +72,9 @@ class Tally:
         return self.errors()[flag_key] / self.totals()[flag_key]
 
 
-def plan(users: int) -> Iterator[Request]:
-    """The requests for `users` users, always the same for the same number."""
-    for i in range(users):
+def plan(users: int, first: int = 0) -> Iterator[Request]:
+    """The requests for `users` users from user number `first` on, always the same for the same numbers."""
+    for i in range(first, first + users):
         user = f"user-{i:06d}"
         tier = "premium" if i % 7 == 0 else "free"
         yield Request("new_checkout", user, tier, "bool")

@@ -240,8 +240,8 @@ class RedisCluster:
 
     @property
     def url(self) -> str:
-        """The URL of one node; a cluster client finds the others from it."""
-        return self.nodes[0].url
+        """The URL naming every node, so that a client finds the cluster while any one node is down."""
+        return "redis://" + ",".join(f"{LOOPBACK}:{node.port}" for node in self.nodes) + "/0"
 
     def start(self, timeout_s: float = 60) -> None:
         """Start every node, create the cluster and wait until it is healthy."""

@@ -26,6 +26,7 @@ from flagmetrics.cli import main
 from flagmetrics.events import Evaluation
 from flagmetrics.stores.base import Store
 from tests.conftest import LOOPBACK, REPO, RedisServer, clean_environ, free_port, stop_process, wait_for
+from tests.processes import RedisCluster
 
 pytestmark = pytest.mark.usefixtures("clean_env")
 
@@ -503,3 +504,35 @@ def test_inspect_into_a_closed_pipe_exits_without_a_traceback(tmp_path: Path) ->
         stop_process(proc)
         proc.stderr.close()
     assert (code, err) == (1, "")
+
+
+# -- Redis Cluster ------------------------------------------------------------------------------------
+
+
+def test_inspect_and_serve_read_a_redis_cluster(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, redis_cluster: RedisCluster, cluster_prefix: str
+) -> None:
+    """`--redis-cluster` reads the same figures from a cluster as from a single node, with every node named."""
+    asyncio.run(populate(RedisStore.from_url(redis_cluster.url, cluster=True, key_prefix=cluster_prefix)))
+    options = ("--redis-cluster", "--redis-url", redis_cluster.url, "--key-prefix", cluster_prefix)
+    code, out, err = run(capsys, "inspect", *options, "--json")
+    assert (code, err) == (0, "")
+    store = {"redis_url": redis_cluster.url, "key_prefix": cluster_prefix, "cluster": True}
+    assert json.loads(out) == {"store": store, "flags": EXPECTED}
+
+    with serving(tmp_path, *options, "--token", TOKEN) as served:
+        assert f"Redis Cluster at {redis_cluster.url}" in served.output()
+        response = served.scrape()
+        assert response.status_code == 200
+        assert samples(response.text) == expected_gauges()
+        assert served.terminate(signal.SIGTERM) == 0
+
+
+def test_inspect_of_a_cluster_url_without_the_option_says_what_to_set(
+    capsys: pytest.CaptureFixture[str], redis_cluster: RedisCluster
+) -> None:
+    """Several hosts in the URL without `--redis-cluster`: a one-line message naming the option."""
+    code, out, err = run(capsys, "inspect", "--redis-url", redis_cluster.url)
+    assert (code, out) == (2, "")
+    assert "only a cluster takes" in err
+    assert err.count("\n") == 1
