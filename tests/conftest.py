@@ -5,29 +5,20 @@ Every process is started here, waited for with a deadline, and stopped by the pi
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import os
-import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
 
 import fakeredis
-import httpx
 import pytest
-from prometheus_client import CollectorRegistry, values
-from prometheus_client.parser import text_string_to_metric_families
 
-from examples.traffic import Tally, parse_scrape
-from flagmetrics import LocalStore, RedisStore
-from flagmetrics.buffer import digest_users
-from flagmetrics.stores.base import Batch, FlagDelta, Pin, Snapshot, Store
+from flagmetrics.compat import values_in_multiprocess_mode
+from tests.helpers import Gunicorn, require_binary, start_cluster
 from tests.processes import (
     LOOPBACK,
     REPO,
@@ -38,75 +29,29 @@ from tests.processes import (
     free_port,
     pid_alive,
     stop_process,
-    wait_for,
 )
 
-StoreT = TypeVar("StoreT", bound=Store)
+# Tests that start these processes through a fixture get the marker without saying so.
+_MARKERS_BY_FIXTURE = {
+    "redis_server": "redis",
+    "redis_cluster": "redis",
+    "fresh_redis_cluster": "redis",
+    "gunicorn": "e2e",
+}
 
 
-def landed(tally: Tally, app: Gunicorn) -> bool:
-    """True once the counters and the fleet store hold exactly every tallied evaluation.
-
-    Until then it raises AssertionError naming what differs, which `wait_for` reports on timeout.
-    """
-    counted = parse_scrape(app.scrape().text).evaluations
-    if counted != dict(tally.evaluations):
-        raise AssertionError(f"counters differ from the traffic: {differences(counted, dict(tally.evaluations))}")
-    stored = {flag: (stats.total, stats.errors) for flag, stats in app.fleet_snapshot().flags.items()}
-    errors = tally.errors()
-    expected = {flag: (total, errors[flag]) for flag, total in tally.totals().items()}
-    if stored != expected:
-        raise AssertionError(f"the store differs from the traffic: {differences(stored, expected)}")
-    return True
-
-
-def differences(seen: Mapping[Any, Any], expected: Mapping[Any, Any], most: int = 5) -> str:
-    """The first `most` keys whose values differ, as `key: seen != expected`."""
-    keys = [key for key in sorted({*seen, *expected}, key=repr) if seen.get(key) != expected.get(key)]
-    shown = ", ".join(f"{key}: {seen.get(key)} != {expected.get(key)}" for key in keys[:most])
-    return shown + (f" and {len(keys) - most} more" if len(keys) > most else "")
-
-
-def assert_scrape_is_true(tally: Tally, text: str) -> None:
-    """Exact counters, histogram counts and error rates; unique users within 2%."""
-    scrape = parse_scrape(text)
-    assert scrape.evaluations == dict(tally.evaluations)
-    totals = tally.totals()
-    assert scrape.histogram_counts == dict(totals)
-    assert scrape.error_rates == {flag: tally.error_rate(flag) for flag in totals}
-    assert set(scrape.unique_users) == set(totals)
-    for flag, users in tally.users.items():
-        assert abs(scrape.unique_users[flag] - len(users)) <= 0.02 * len(users), (flag, scrape.unique_users)
-    assert scrape.samples["flagmetrics_store_up"] == 1.0
-    assert scrape.samples["flagmetrics_dropped_events_total"] == 0.0
-
-
-def assert_promtool_accepts(body: bytes) -> None:
-    """`promtool check metrics` passes a scrape and has nothing to say about it."""
-    promtool = require_binary("promtool", "prometheus")
-    result = subprocess.run([promtool, "check", "metrics"], input=body, capture_output=True, timeout=30, check=False)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout + result.stderr == b""
-
-
-def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """Every sample of a text scrape, keyed by name and sorted labels."""
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
-
-
-def sample_value(registry: CollectorRegistry, name: str, **labels: str) -> float:
-    """A sample of `registry`, 0 when it does not exist (yet)."""
-    return registry.get_sample_value(name, labels) or 0.0
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that starts redis-server `redis` and every test that starts gunicorn `e2e`."""
+    for item in items:
+        for fixture, marker in _MARKERS_BY_FIXTURE.items():
+            if fixture in getattr(item, "fixturenames", ()):
+                item.add_marker(marker)
 
 
 @pytest.fixture
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """No FLAGMETRICS_* settings and no multiprocess directory leak into a test from the environment."""
-    if getattr(values.ValueClass, "_multiprocess", False):
+    if values_in_multiprocess_mode():
         pytest.fail(
             "prometheus_client was imported in multiprocess mode: run the tests with PROMETHEUS_MULTIPROC_DIR unset",
             pytrace=False,
@@ -123,45 +68,6 @@ def server() -> fakeredis.FakeServer:
     return fakeredis.FakeServer()
 
 
-UNICODE_KEY = ("flag-ключ-🚩-名前-" * 20)[:200]
-"""A flag key of 200 characters outside ASCII."""
-
-
-def users(first: int, stop: int) -> frozenset[bytes]:
-    """The digests of user ids user-`first` to user-`stop - 1`, as a batch carries them."""
-    return digest_users((f"user-{i}" for i in range(first, stop)), b"")
-
-
-def batch(seq: int, flags: dict[str, FlagDelta], pins: dict[str, Pin] | None = None, writer: str = "w") -> Batch:
-    """A store batch from one writer."""
-    return Batch(writer=writer, seq=seq, flags=flags, pins=pins or {})
-
-
-def run_with(store: StoreT, scenario: Callable[[StoreT], Awaitable[Any]]) -> Any:
-    """Run an async scenario against `store`, then close the store."""
-
-    async def main() -> Any:
-        try:
-            return await scenario(store)
-        finally:
-            await store.close()
-
-    return asyncio.run(main())
-
-
-# -- redis-server ------------------------------------------------------------------------------------
-
-
-def require_binary(name: str, package: str) -> str:
-    """The path of a binary the tests start; skip without it, but fail when CI requires it."""
-    path = shutil.which(name)
-    if path is None:
-        if os.environ.get("FLAGMETRICS_REQUIRE_REDIS") == "1":
-            pytest.fail(f"{name} is not installed and FLAGMETRICS_REQUIRE_REDIS=1 (apt-get install {package})")
-        pytest.skip(f"{name} is not installed (apt-get install {package})")
-    return path
-
-
 @pytest.fixture
 def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     """A fresh redis-server for one test."""
@@ -175,62 +81,6 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
 
 
 # -- gunicorn with uvicorn workers ---------------------------------------------------------------------
-
-
-@dataclass
-class Gunicorn:
-    """gunicorn started from the repository's gunicorn.conf.py."""
-
-    proc: subprocess.Popen[bytes]
-    port: int
-    workers: int
-    log: Path
-    multiproc_dir: Path
-    redis_url: str | None = None
-    redis_cluster: bool = False
-    key_prefix: str = "flagmetrics"
-    token: str | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://{LOOPBACK}:{self.port}"
-
-    def worker_pids(self) -> list[int]:
-        return [pid for pid in children_of(self.proc.pid) if pid_alive(pid)]
-
-    def scrape(self, headers: dict[str, str] | None = None) -> httpx.Response:
-        """One scrape of /metrics on a new connection, so that any worker may answer."""
-        auth = {"authorization": f"Bearer {self.token}"} if self.token else {}
-        with httpx.Client(timeout=10) as client:
-            return client.get(f"{self.url}/metrics", headers={"connection": "close", **auth, **(headers or {})})
-
-    def wait_ready(self, timeout_s: float = 30) -> None:
-        wait_for(
-            lambda: len(self.worker_pids()) == self.workers and self.scrape().status_code == 200,
-            timeout_s,
-            f"gunicorn with {self.workers} workers to answer (log: {self.log})",
-        )
-
-    def logs(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def worker_exits(self) -> int:
-        """How many workers exited so far (gunicorn logs every worker it boots)."""
-        return self.logs().count("Booting worker with pid") - self.workers
-
-    def fleet_snapshot(self) -> Snapshot:
-        """Read the fleet store the app writes to, directly (raises while it is unreachable)."""
-        if self.redis_url is None:
-            return LocalStore(str(self.multiproc_dir)).read()
-
-        async def read() -> Snapshot:
-            store = RedisStore.from_url(self.redis_url or "", cluster=self.redis_cluster, key_prefix=self.key_prefix)
-            try:
-                return await store.snapshot()
-            finally:
-                await store.close()
-
-        return asyncio.run(read())
 
 
 @pytest.fixture
@@ -285,17 +135,6 @@ def gunicorn(tmp_path: Path) -> Iterator[Callable[..., Gunicorn]]:
 
 
 # -- Redis Cluster ---------------------------------------------------------------------------------------
-
-
-def start_cluster(directory: Path) -> RedisCluster:
-    """3 masters and 3 replicas on free loopback ports, healthy."""
-    cluster = RedisCluster(
-        binary=require_binary("redis-server", "redis-server"),
-        cli=require_binary("redis-cli", "redis-server"),
-        directory=directory,
-    )
-    cluster.start()
-    return cluster
 
 
 @pytest.fixture(scope="session")

@@ -19,16 +19,8 @@ import redis
 
 from examples.traffic import parse_scrape, plan, send
 from flagmetrics.stores.redis import KeyLayout
-from tests.conftest import (
-    LOOPBACK,
-    Gunicorn,
-    RedisServer,
-    assert_scrape_is_true,
-    free_port,
-    landed,
-    require_binary,
-    wait_for,
-)
+from tests.helpers import Gunicorn, assert_scrape_is_true, landed, require_binary
+from tests.processes import LOOPBACK, RedisServer, free_port, wait_for
 
 pytestmark = pytest.mark.e2e
 

@@ -22,7 +22,7 @@ from examples.traffic import parse_scrape
 from flagmetrics import LocalStore, PrometheusExporter
 from flagmetrics.events import MAX_KEY_LENGTH, OVERFLOW, valid_label
 from flagmetrics.exposition import encode
-from tests.conftest import Gunicorn, assert_promtool_accepts, require_binary
+from tests.helpers import Gunicorn, assert_promtool_accepts, require_binary
 
 RAISE = object()
 """Stands for an attribute whose read raises."""
@@ -118,8 +118,8 @@ def test_each_kind_of_defect_is_logged_at_most_once_per_interval(caplog: pytest.
     """A thousand bad events of each kind give at most one warning per kind, never a user id."""
     registry = CollectorRegistry()
     exporter = PrometheusExporter(registry=registry, store=LocalStore(None))
-    good = {"flag_key": "f", "reason": "SPLIT", "variant": "on", "evaluation_duration_ms": 0.1}
-    bad = {
+    good: dict[str, object] = {"flag_key": "f", "reason": "SPLIT", "variant": "on", "evaluation_duration_ms": 0.1}
+    bad: dict[str, dict[str, object]] = {
         "flag_key": {"flag_key": ""},
         "variant": {"variant": 3},
         "reason": {"reason": "NONSENSE"},

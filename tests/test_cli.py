@@ -17,16 +17,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-from prometheus_client import CollectorRegistry
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families
 
-from flagmetrics import PrometheusExporter, RedisStore, __version__
+from flagmetrics import RedisStore, __version__
 from flagmetrics.cli import main
-from flagmetrics.events import Evaluation
-from flagmetrics.stores.base import Store
-from tests.conftest import LOOPBACK, REPO, RedisServer, clean_environ, free_port, stop_process, wait_for
-from tests.processes import RedisCluster
+from tests.processes import LOOPBACK, REPO, RedisCluster, RedisServer, clean_environ, free_port, stop_process, wait_for
+from tests.workers.populate import populate
 
 pytestmark = pytest.mark.usefixtures("clean_env")
 
@@ -35,18 +32,6 @@ TOKEN = "scrape-token-1"
 PASSWORD = "pw-s3cret-9f2c"
 FLEET_GAUGES = {"feature_flag_unique_users", "feature_flag_error_rate", "flagmetrics_store_up"}
 
-EVENTS = [
-    Evaluation("checkout", "TARGETING_MATCH", "on", "alice", 1.0),
-    Evaluation("checkout", "STATIC", "off", "bob", 1.0),
-    Evaluation("checkout", "STATIC", "off", "carol", 1.0),
-    Evaluation("checkout", "ERROR", None, "dave", 1.0, "TYPE_MISMATCH"),
-    Evaluation("banner", "DISABLED", "", "alice", 1.0),
-    Evaluation("banner", "DISABLED", "", "bob", 1.0),
-    Evaluation("search", "ERROR", None, "erin", 1.0, "FLAG_NOT_FOUND"),
-    Evaluation("search", "ERROR", None, "frank", 1.0, "GENERAL"),
-    Evaluation("search", "SPLIT", "b", "erin", 1.0),
-]
-PINNED = ("legacy", {"unique_users": 500, "error_rate": 12.5})  # error_rate in percent, as litestar-flags takes it
 
 # What `inspect --json` must print for EVENTS and PINNED: exact counts and rates, sorted by flag key.
 EXPECTED = {
@@ -56,30 +41,11 @@ EXPECTED = {
     "search": {"evaluations": 3, "errors": 2, "error_rate": 2 / 3, "unique_users": 2, "pinned": False},
 }
 
-# Records EVENTS and PINNED in a separate process whose prometheus_client runs in multiprocess mode,
-# so the directory holds the workers' counter files next to the fleet state, as under gunicorn.
-WRITER = """
-import asyncio, sys
-from flagmetrics import LocalStore
-from tests.test_cli import populate
-asyncio.run(populate(LocalStore(sys.argv[1])))
-"""
-
-
-async def populate(store: Store) -> None:
-    """Record EVENTS and pin PINNED through the library, flush them to `store` and close it."""
-    exporter = PrometheusExporter(registry=CollectorRegistry(), store=store)
-    for event in EVENTS:
-        await exporter.record(event)
-    exporter.update_from_metrics(*PINNED)
-    await exporter.flush()
-    await exporter.close()
-
 
 def write_directory(path: Path) -> None:
     """Fill a multiprocess directory the way gunicorn workers would (counter files and fleet state)."""
     subprocess.run(
-        [sys.executable, "-c", WRITER, str(path)],
+        [sys.executable, "-m", "tests.workers.populate", str(path)],
         cwd=REPO,
         env=clean_environ(PROMETHEUS_MULTIPROC_DIR=str(path)),
         check=True,

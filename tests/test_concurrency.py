@@ -11,7 +11,8 @@ import httpx
 import pytest
 
 from examples.traffic import Tally, parse_scrape, plan, send
-from tests.conftest import Gunicorn, RedisServer, assert_scrape_is_true, landed, wait_for
+from tests.helpers import Gunicorn, assert_scrape_is_true, landed
+from tests.processes import RedisServer, wait_for
 
 pytestmark = pytest.mark.e2e
 

@@ -8,15 +8,8 @@ from collections.abc import Callable
 import pytest
 
 from examples.traffic import plan, send
-from tests.conftest import (
-    Gunicorn,
-    RedisServer,
-    assert_promtool_accepts,
-    assert_scrape_is_true,
-    landed,
-    require_binary,
-    wait_for,
-)
+from tests.helpers import Gunicorn, assert_promtool_accepts, assert_scrape_is_true, landed, require_binary
+from tests.processes import RedisServer, wait_for
 
 pytestmark = pytest.mark.e2e
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from enum import Enum
 from types import SimpleNamespace
 from typing import Any
@@ -25,21 +24,21 @@ from flagmetrics.events import (
     Reader,
     read,
 )
+from tests import helpers
 
 
 def flag_event(**fields: Any) -> FlagEvaluationEvent:
-    """A litestar-flags event with sensible defaults."""
-    values: dict[str, Any] = {
-        "timestamp": datetime.now(UTC),
-        "flag_key": "new_checkout",
-        "value": True,
-        "reason": EvaluationReason.TARGETING_MATCH,
-        "variant": "beta_users",
-        "targeting_key": "user-123",
-        "evaluation_duration_ms": 1.5,
-    }
-    values.update(fields)
-    return FlagEvaluationEvent(**values)
+    """A litestar-flags event of a targeted flag, changed by `fields`."""
+    return helpers.flag_event(
+        **{
+            "flag_key": "new_checkout",
+            "reason": EvaluationReason.TARGETING_MATCH,
+            "variant": "beta_users",
+            "targeting_key": "user-123",
+            "evaluation_duration_ms": 1.5,
+            **fields,
+        }
+    )
 
 
 def plain(**fields: Any) -> SimpleNamespace:

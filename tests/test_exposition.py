@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from flagmetrics import PrometheusExporter, RedisStore, StoreError
 from flagmetrics.exposition import render, render_snapshot
 from flagmetrics.stores.base import Batch, FlagStats, Snapshot
-from tests.conftest import samples
+from tests.helpers import samples
 
 pytestmark = pytest.mark.usefixtures("clean_env")
 

@@ -31,7 +31,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import REPO, require_binary
+from tests.helpers import require_binary
+from tests.processes import REPO
 
 DASHBOARD = REPO / "examples" / "grafana" / "dashboard.json"
 
@@ -159,7 +160,8 @@ def promtool_check_exprs(exprs: dict[str, str], directory: Path) -> subprocess.C
 
 
 def load_dashboard() -> dict[str, Any]:
-    return json.loads(DASHBOARD.read_text())
+    dashboard: dict[str, Any] = json.loads(DASHBOARD.read_text())
+    return dashboard
 
 
 def _panels(dashboard: dict[str, Any]) -> list[dict[str, Any]]:

@@ -11,55 +11,47 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, samples
+from tests.helpers import samples
+from tests.processes import REPO
 
 pytestmark = pytest.mark.usefixtures("clean_env")
 
 
-def python(code: str, **env: str) -> subprocess.CompletedProcess[str]:
+def check(*command: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run one command of tests.workers.gunicorn_checks in a fresh interpreter."""
     environ = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
     environ.update(env, PYTHONPATH=str(REPO))
     return subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, env=environ, timeout=60
+        [sys.executable, "-m", "tests.workers.gunicorn_checks", *command],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=environ,
+        timeout=60,
     )
 
 
 def test_importing_the_hooks_sets_a_fresh_directory_and_on_exit_removes_it() -> None:
-    code = (
-        "import os, sys, flagmetrics.gunicorn as g\n"
-        "path = os.environ['PROMETHEUS_MULTIPROC_DIR']\n"
-        "assert path == g.multiprocess_dir and os.path.isdir(path)\n"
-        "assert 'prometheus_client' not in sys.modules\n"
-        "g.on_exit(None)\n"
-        "print(os.path.exists(path))\n"
-    )
-    result = python(code)
+    result = check("fresh-directory")
     assert result.stdout.strip() == "False", result.stderr
 
 
 def test_a_directory_given_by_the_environment_is_kept(tmp_path: Path) -> None:
-    code = "import flagmetrics.gunicorn as g; g.on_exit(None); print(g.multiprocess_dir)"
-    result = python(code, PROMETHEUS_MULTIPROC_DIR=str(tmp_path))
+    result = check("given-directory", PROMETHEUS_MULTIPROC_DIR=str(tmp_path))
     assert result.stdout.strip() == str(tmp_path), result.stderr
     assert tmp_path.is_dir()
 
 
 def test_prometheus_client_imported_first_is_refused() -> None:
     """Imported before the directory is set, prometheus_client keeps per-process values: refuse to go on."""
-    result = python("import prometheus_client, flagmetrics.gunicorn")
+    result = check("prometheus-client-first")
     assert result.returncode != 0
     assert "ConfigurationError" in result.stderr
     assert "import flagmetrics.gunicorn before" in result.stderr
 
 
 def test_an_exporter_in_a_process_that_imported_prometheus_client_too_early_is_refused(tmp_path: Path) -> None:
-    code = (
-        "import os, prometheus_client\n"
-        f"os.environ['PROMETHEUS_MULTIPROC_DIR'] = {str(tmp_path)!r}\n"
-        "from flagmetrics import PrometheusExporter\n"
-        "PrometheusExporter()\n"
-    )
-    result = python(code)
+    result = check("exporter-too-early", str(tmp_path))
     assert result.returncode != 0
     assert "was imported before" in result.stderr
 
@@ -68,29 +60,9 @@ def test_on_starting_empties_the_directory_of_a_previous_run(tmp_path: Path) -> 
     for name in ("counter_12.db", "histogram_archive.db", "flagmetrics-flag-abc.bin", "flagmetrics-state.lock"):
         (tmp_path / name).write_bytes(b"old")
     (tmp_path / "unrelated.txt").write_text("keep me")
-    result = python("import flagmetrics.gunicorn as g; g.on_starting(None)", PROMETHEUS_MULTIPROC_DIR=str(tmp_path))
+    result = check("on-starting", PROMETHEUS_MULTIPROC_DIR=str(tmp_path))
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == ["unrelated.txt"]
-
-
-# Writes one process's metrics (as a gunicorn worker would) and exits; prints its pid.
-WORKER = """
-import sys
-from prometheus_client import CollectorRegistry
-from flagmetrics import LocalStore, PrometheusExporter
-from flagmetrics.events import Evaluation
-exporter = PrometheusExporter(registry=CollectorRegistry(), store=LocalStore(None))
-for i in range(int(sys.argv[1])):
-    exporter.record_sync(Evaluation("f", "SPLIT", "v" + str(i % 3), "u" + str(i), 0.3 * (i % 7)))
-import os; print(os.getpid())
-"""
-
-SCRAPE = """
-import os, sys
-from flagmetrics.exposition import encode
-body, _ = encode(None, multiprocess_path=os.environ["PROMETHEUS_MULTIPROC_DIR"], fleet_gauges=False)
-sys.stdout.write(body.decode())
-"""
 
 
 def test_child_exit_folds_a_dead_worker_without_changing_the_scrape(tmp_path: Path) -> None:
@@ -98,24 +70,16 @@ def test_child_exit_folds_a_dead_worker_without_changing_the_scrape(tmp_path: Pa
     env = {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
     pids = []
     for n in (5, 40, 17):
-        result = python(WORKER.replace("int(sys.argv[1])", str(n)), **env)
+        result = check("record", str(n), **env)
         assert result.returncode == 0, result.stderr
-        pids.append(int(result.stdout.split()[-1]))
-    before = python(SCRAPE, **env).stdout
+        pids.append(result.stdout.split()[-1])
+    before = check("scrape", **env).stdout
     assert 'feature_flag_evaluations_total{flag_key="f",reason="SPLIT",variant="v0"} 22.0' in before
 
-    code = (
-        "import sys, types, flagmetrics.gunicorn as g\n"
-        "for pid in sys.argv[1:]:\n"
-        "    g.child_exit(None, types.SimpleNamespace(pid=int(pid)))\n"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", code, *map(str, pids)],
-        capture_output=True, text=True, cwd=REPO, env={**os.environ, **env, "PYTHONPATH": str(REPO)}, timeout=60,
-    )  # fmt: skip
+    result = check("child-exit", *pids, **env)
     assert result.returncode == 0, result.stderr
     assert not [p for p in tmp_path.glob("*.db") if "archive" not in p.name]
-    after = python(SCRAPE, **env).stdout
+    after = check("scrape", **env).stdout
     assert samples(after).keys() == samples(before).keys()
     for key, value in samples(before).items():
         assert math.isclose(samples(after)[key], value, rel_tol=1e-12), key
@@ -131,12 +95,6 @@ def test_compact_leaves_a_live_pid_alone(tmp_path: Path) -> None:
 
 def test_child_exit_survives_a_failed_compaction(tmp_path: Path) -> None:
     """Compaction that fails leaves the files counted as they are and only logs."""
-    code = (
-        "import flagmetrics.gunicorn as g, types\n"
-        "g.multiprocess_dir = g.multiprocess_dir + '/missing'\n"
-        "log = types.SimpleNamespace(warning=lambda message, *args: print(message % args))\n"
-        "g.child_exit(types.SimpleNamespace(log=log), types.SimpleNamespace(pid=2**22 + 7))\n"
-    )
-    result = python(code, PROMETHEUS_MULTIPROC_DIR=str(tmp_path))
+    result = check("failed-compaction", PROMETHEUS_MULTIPROC_DIR=str(tmp_path))
     assert result.returncode == 0, result.stderr
     assert "could not compact" in result.stdout

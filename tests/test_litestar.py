@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 from flagmetrics import ConfigurationError, PrometheusExporter, RedisStore, Settings
 from flagmetrics.litestar import FlagMetricsPlugin
 from flagmetrics.stores.base import Snapshot
-from tests.conftest import wait_for
+from tests.processes import wait_for
 
 pytestmark = pytest.mark.usefixtures("clean_env")
 
@@ -32,7 +32,7 @@ def make_app(exporter: PrometheusExporter, **plugin_kwargs: Any) -> Litestar:
     """An app with the plugin and a route that records one evaluation on the app's own loop."""
 
     @get("/evaluate")
-    async def evaluate(request: Request) -> str:
+    async def evaluate(request: Request[Any, Any, Any]) -> str:
         user = request.query_params.get("user")
         await exporter.record(
             SimpleNamespace(

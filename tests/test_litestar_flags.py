@@ -27,7 +27,7 @@ from prometheus_client import CollectorRegistry
 from flagmetrics import LocalStore, PrometheusExporter
 from flagmetrics.litestar import FlagMetricsPlugin
 from flagmetrics.litestar_flags import instrument
-from tests.conftest import sample_value
+from tests.helpers import sample_value
 
 pytestmark = pytest.mark.usefixtures("clean_env")
 
@@ -48,7 +48,7 @@ def exporter_and_registry() -> tuple[PrometheusExporter, CollectorRegistry]:
 
 
 @get("/evaluate")
-async def evaluate(request: Request) -> dict[str, Any]:
+async def evaluate(request: Request[Any, Any, Any]) -> dict[str, Any]:
     feature_flags: FeatureFlagClient = request.app.state.feature_flags
     if await feature_flags.storage.get_flag("static_on") is None:
         for flag in FLAGS:

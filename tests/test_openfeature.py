@@ -25,7 +25,7 @@ from flagmetrics.admission import Admission
 from flagmetrics.events import Reader
 from flagmetrics.openfeature import MetricsHook, install
 from flagmetrics.stores.base import FlagStats
-from tests.conftest import sample_value
+from tests.helpers import sample_value
 
 pytestmark = pytest.mark.usefixtures("clean_env")
 

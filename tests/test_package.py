@@ -22,6 +22,19 @@ def isort_key(name: str) -> tuple[int, str]:
     return (0 if name.isupper() else 1 if name[0].isupper() else 2, name)
 
 
+def imports(command: str) -> subprocess.CompletedProcess[str]:
+    """Run one command of tests.workers.imports in a fresh interpreter, without flagmetrics settings."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("FLAGMETRICS_", "PROMETHEUS_MULTIPROC"))}
+    return subprocess.run(
+        [sys.executable, "-m", "tests.workers.imports", command],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=environ,
+        timeout=60,
+    )
+
+
 def test_all_is_sorted_and_every_name_resolves() -> None:
     assert flagmetrics.__all__ == sorted(flagmetrics.__all__, key=isort_key)
     for name in flagmetrics.__all__:
@@ -36,8 +49,7 @@ def test_unknown_attribute_raises_attribute_error() -> None:
 
 def test_importing_the_package_does_not_import_prometheus_client() -> None:
     """So that flagmetrics.gunicorn can set PROMETHEUS_MULTIPROC_DIR before prometheus_client loads."""
-    code = "import sys, flagmetrics, flagmetrics.gunicorn; print('prometheus_client' in sys.modules)"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
+    result = imports("package")
     assert result.stdout.strip() == "False", result.stderr
 
 
@@ -113,16 +125,7 @@ def test_internal_modules_say_so() -> None:
 
 def test_the_local_store_path_does_not_import_redis() -> None:
     """redis-py is loaded only where the Redis store is used."""
-    code = (
-        "import sys, flagmetrics\n"
-        "from prometheus_client import CollectorRegistry\n"
-        "exporter = flagmetrics.PrometheusExporter(registry=CollectorRegistry())\n"
-        "print(type(exporter.store).__name__, 'redis' in sys.modules)\n"
-    )
-    environ = {k: v for k, v in os.environ.items() if not k.startswith(("FLAGMETRICS_", "PROMETHEUS_MULTIPROC"))}
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, env=environ, timeout=60
-    )
+    result = imports("local-store-path")
     assert result.stdout.split() == ["LocalStore", "False"], result.stderr
 
 

@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import REPO, require_binary
+from tests.helpers import require_binary
+from tests.processes import REPO
 from tests.test_grafana_dashboard import exported_metric_names, metric_names
 
 EXAMPLES = REPO / "examples" / "prometheus"

@@ -27,7 +27,8 @@ import pytest
 import yaml
 
 from examples.traffic import Tally, plan, send
-from tests.conftest import LOOPBACK, REPO, Gunicorn, free_port, landed, require_binary, stop_process, wait_for
+from tests.helpers import Gunicorn, landed, require_binary
+from tests.processes import LOOPBACK, REPO, free_port, stop_process, wait_for
 from tests.test_grafana_dashboard import TARGETS, metric_names, promql
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(60)]

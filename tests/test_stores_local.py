@@ -7,7 +7,6 @@ import contextlib
 import fcntl
 import glob
 import hashlib
-import itertools
 import os
 import subprocess
 import sys
@@ -23,54 +22,11 @@ from flagmetrics import PrometheusExporter
 from flagmetrics.exceptions import StoreError
 from flagmetrics.stores.base import Batch, FlagDelta, Pin, Snapshot
 from flagmetrics.stores.local import _FILE_SIZE, LocalStore
-from tests.conftest import UNICODE_KEY, batch, run_with, users, wait_for
+from tests.helpers import UNICODE_KEY, batch, run_with, users
+from tests.processes import REPO, wait_for
 
 LOCK_FILE = "flagmetrics-state.lock"
 FLAG_FILES = "flagmetrics-flag-*.bin"
-
-# A worker process: hashes users first..stop-1 into batches of `step` (each user evaluated twice,
-# one error per batch), waits for the go file, pushes them all into the directory, and exits.
-PUSHER = """
-import asyncio, os, sys, time
-from flagmetrics.buffer import digest_users
-from flagmetrics.stores.base import Batch, FlagDelta
-from flagmetrics.stores.local import _FILE_SIZE, LocalStore
-
-directory, signals, writer = sys.argv[1:4]
-first, stop, step = map(int, sys.argv[4:7])
-batches = [
-    Batch(writer, seq, {"shared": FlagDelta(2 * len(users), 1, users)})
-    for seq, users in enumerate(
-        (digest_users((f"user-{i}" for i in range(start, min(stop, start + step))), b"")
-         for start in range(first, stop, step)),
-        1,
-    )
-]
-open(os.path.join(signals, "ready-" + writer), "w").close()
-deadline = time.monotonic() + 20
-while not os.path.exists(os.path.join(signals, "go")):
-    if time.monotonic() > deadline:
-        sys.exit("no go signal")
-    time.sleep(0.001)
-
-async def main():
-    store = LocalStore(directory)
-    for batch in batches:
-        await store.push(batch)
-    await store.close()
-
-asyncio.run(main())
-"""
-
-# Takes the exclusive lock on the state lock file, says so with a file, and holds it until killed.
-LOCK_HOLDER = """
-import fcntl, os, sys, time
-fd = os.open(os.path.join(sys.argv[1], "flagmetrics-state.lock"), os.O_RDWR | os.O_CREAT, 0o600)
-fcntl.flock(fd, fcntl.LOCK_EX)
-open(sys.argv[2], "w").close()
-while True:
-    time.sleep(60)
-"""
 
 
 def reference_estimate(digests: frozenset[bytes]) -> int:
@@ -80,13 +36,14 @@ def reference_estimate(digests: frozenset[bytes]) -> int:
         await store.push(batch(1, {"f": FlagDelta(1, 0, digests)}))
         return await store.snapshot()
 
-    return run_with(LocalStore(None), scenario).flags["f"].unique_users
+    snapshot: Snapshot = run_with(LocalStore(None), scenario)
+    return snapshot.flags["f"].unique_users
 
 
 @contextlib.contextmanager
 def started(args: list[str]) -> Iterator[subprocess.Popen[bytes]]:
     """A child process, stopped by its pid when the block ends."""
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         yield proc
     finally:
@@ -104,116 +61,7 @@ def finished(proc: subprocess.Popen[bytes], timeout_s: float = 30) -> None:
     assert proc.returncode == 0, stderr
 
 
-@pytest.fixture(params=["directory", "memory"])
-def local_store(request: pytest.FixtureRequest, tmp_path: Path) -> LocalStore:
-    """A store keeping its state in `tmp_path`, or in memory: both must behave the same."""
-    return LocalStore(str(tmp_path) if request.param == "directory" else None)
-
-
-# -- figures ------------------------------------------------------------------------------------------
-
-
-def test_a_batch_gives_exact_totals_and_errors(local_store: LocalStore) -> None:
-    async def scenario(store: LocalStore) -> Snapshot:
-        await store.push(batch(1, {"a": FlagDelta(1234, 56, users(0, 100)), "b": FlagDelta(7, 0, users(0, 3))}))
-        return await store.snapshot()
-
-    flags = run_with(local_store, scenario).flags
-    assert {key: (stats.total, stats.errors) for key, stats in flags.items()} == {"a": (1234, 56), "b": (7, 0)}
-    assert flags["a"].error_rate == 56 / 1234
-    assert flags["b"].error_rate == 0.0
-
-
-def test_a_batch_gives_unique_users_within_2_percent(local_store: LocalStore) -> None:
-    async def scenario(store: LocalStore) -> Snapshot:
-        await store.push(batch(1, {"a": FlagDelta(20_000, 0, users(0, 20_000))}))
-        return await store.snapshot()
-
-    unique = run_with(local_store, scenario).flags["a"].unique_users
-    assert abs(unique - 20_000) <= 0.02 * 20_000, unique
-
-
-def test_figures_never_decrease_across_pushes(local_store: LocalStore) -> None:
-    async def scenario(store: LocalStore) -> list[tuple[int, int, int]]:
-        seen = []
-        for seq in range(1, 30):
-            # Overlapping, sometimes repeated user ranges: the estimate may stay, never go back.
-            first = (seq * 397) % 3_000
-            await store.push(batch(seq, {"a": FlagDelta(seq, seq % 3, users(first, first + 400))}))
-            stats = (await store.snapshot()).flags["a"]
-            seen.append((stats.total, stats.errors, stats.unique_users))
-        return seen
-
-    seen = run_with(local_store, scenario)
-    for before, after in itertools.pairwise(seen):
-        assert all(b <= a for b, a in zip(before, after, strict=True)), (before, after)
-    assert seen[-1][0] == sum(range(1, 30))
-
-
-def test_flags_with_no_evaluations_and_no_pin_are_not_reported(local_store: LocalStore) -> None:
-    async def scenario(store: LocalStore) -> Snapshot:
-        await store.push(batch(1, {"idle": FlagDelta(0, 0, frozenset()), "busy": FlagDelta(1, 0, users(0, 1))}))
-        await store.reset("never-seen")
-        return await store.snapshot()
-
-    assert set(run_with(local_store, scenario).flags) == {"busy"}
-
-
-def test_reset_of_one_flag_clears_it_and_keeps_the_others(local_store: LocalStore) -> None:
-    async def scenario(store: LocalStore) -> tuple[Snapshot, Snapshot]:
-        await store.push(batch(1, {"a": FlagDelta(10, 2, users(0, 50)), "b": FlagDelta(5, 1, users(0, 5))}))
-        await store.reset("a")
-        cleared = await store.snapshot()
-        await store.push(batch(2, {"a": FlagDelta(3, 0, users(1_000, 1_002))}))
-        return cleared, await store.snapshot()
-
-    cleared, again = run_with(local_store, scenario)
-    assert set(cleared.flags) == {"b"}
-    assert (cleared.flags["b"].total, cleared.flags["b"].errors, cleared.flags["b"].unique_users) == (5, 1, 5)
-    # After the reset the flag starts from nothing: its old 50 users are gone from the sketch too.
-    assert (again.flags["a"].total, again.flags["a"].errors, again.flags["a"].unique_users) == (3, 0, 2)
-
-
-def test_reset_of_every_flag_clears_them_all(local_store: LocalStore) -> None:
-    async def scenario(store: LocalStore) -> tuple[Snapshot, Snapshot]:
-        await store.push(
-            batch(1, {"a": FlagDelta(10, 2, users(0, 50)), "b": FlagDelta(5, 1, users(0, 5))}, {"c": Pin(9, 0.5)})
-        )
-        await store.reset()
-        cleared = await store.snapshot()
-        await store.push(batch(2, {"b": FlagDelta(1, 0, users(7, 8))}))
-        return cleared, await store.snapshot()
-
-    cleared, again = run_with(local_store, scenario)
-    assert cleared.flags == {}
-    assert set(again.flags) == {"b"}
-    assert (again.flags["b"].total, again.flags["b"].unique_users) == (1, 1)
-
-
 # -- exactly once ---------------------------------------------------------------------------------
-
-
-def test_the_same_batch_pushed_twice_is_applied_once(local_store: LocalStore) -> None:
-    same = batch(1, {"a": FlagDelta(10, 2, users(0, 100))})
-
-    async def scenario(store: LocalStore) -> Snapshot:
-        await store.push(same)
-        await store.push(same)
-        return await store.snapshot()
-
-    stats = run_with(local_store, scenario).flags["a"]
-    assert (stats.total, stats.errors) == (10, 2)
-
-
-def test_an_older_seq_is_ignored_and_another_writers_seq_applied(local_store: LocalStore) -> None:
-    async def scenario(store: LocalStore) -> Snapshot:
-        await store.push(batch(2, {"a": FlagDelta(1, 0)}))
-        await store.push(batch(1, {"a": FlagDelta(5, 0)}))
-        await store.push(batch(1, {"a": FlagDelta(7, 0)}, writer="other"))
-        await store.push(batch(3, {"a": FlagDelta(20, 0)}))
-        return await store.snapshot()
-
-    assert run_with(local_store, scenario).flags["a"].total == 28
 
 
 def test_closing_while_a_flush_waits_for_the_lock_applies_the_batch_once(tmp_path: Path) -> None:
@@ -251,48 +99,6 @@ def test_reset_by_one_store_clears_flags_another_store_wrote(tmp_path: Path) -> 
         return await writer.snapshot()
 
     assert run_with(LocalStore(str(tmp_path)), scenario).flags == {}
-
-
-def test_a_pin_replaces_the_computed_figures(local_store: LocalStore) -> None:
-    async def scenario(store: LocalStore) -> Snapshot:
-        await store.push(batch(1, {"a": FlagDelta(10, 2, users(0, 50))}))
-        await store.push(batch(2, {}, {"a": Pin(unique_users=7, error_rate=0.5), "pinned-only": Pin(3, 0.25)}))
-        await store.push(batch(3, {"a": FlagDelta(1, 0, users(50, 60))}))
-        return await store.snapshot()
-
-    flags = run_with(local_store, scenario).flags
-    assert (flags["a"].total, flags["a"].errors, flags["a"].unique_users, flags["a"].error_rate) == (11, 2, 7, 0.5)
-    assert (flags["pinned-only"].total, flags["pinned-only"].unique_users) == (0, 3)
-    assert flags["pinned-only"].error_rate == 0.25
-
-
-def test_a_pin_vanishes_on_reset(local_store: LocalStore) -> None:
-    async def scenario(store: LocalStore) -> tuple[Snapshot, Snapshot]:
-        await store.push(batch(1, {"a": FlagDelta(10, 2, users(0, 50))}, {"a": Pin(7, 0.5), "b": Pin(3, 0.25)}))
-        await store.reset("a")
-        await store.reset("b")
-        cleared = await store.snapshot()
-        await store.push(batch(2, {"a": FlagDelta(4, 1, users(0, 20))}))
-        return cleared, await store.snapshot()
-
-    cleared, again = run_with(local_store, scenario)
-    assert cleared.flags == {}
-    stats = again.flags["a"]
-    assert (stats.total, stats.errors, stats.unique_users, stats.pinned_error_rate) == (4, 1, 20, None)
-    assert stats.error_rate == 0.25
-
-
-def test_a_unicode_flag_key_of_200_characters_round_trips(tmp_path: Path) -> None:
-    assert len(UNICODE_KEY) == 200
-
-    async def scenario(store: LocalStore) -> Snapshot:
-        await store.push(batch(1, {UNICODE_KEY: FlagDelta(3, 1, users(0, 3))}))
-        return await store.snapshot()
-
-    assert list(run_with(LocalStore(None), scenario).flags) == [UNICODE_KEY]
-    assert list(run_with(LocalStore(str(tmp_path)), scenario).flags) == [UNICODE_KEY]
-    # A fresh store reads the key back from the file.
-    assert {key: stats.total for key, stats in LocalStore(str(tmp_path)).read().flags.items()} == {UNICODE_KEY: 3}
 
 
 def test_memory_mode_gives_the_same_snapshots_as_directory_mode(tmp_path: Path) -> None:
@@ -335,7 +141,17 @@ def test_concurrent_processes_give_exact_totals_and_the_estimate_of_the_union(tm
         procs = [
             stack.enter_context(
                 started(
-                    [sys.executable, "-c", PUSHER, str(directory), str(signals), f"w{p}", str(a), str(b), str(step)]
+                    [
+                        sys.executable,
+                        "-m",
+                        "tests.workers.pusher",
+                        str(directory),
+                        str(signals),
+                        f"w{p}",
+                        str(a),
+                        str(b),
+                        str(step),
+                    ]
                 )
             )
             for p, (a, b) in enumerate(ranges)
@@ -358,7 +174,9 @@ def test_contributions_survive_the_process_that_wrote_them(tmp_path: Path) -> No
     signals = tmp_path / "signals"
     signals.mkdir()
     (signals / "go").touch()
-    with started([sys.executable, "-c", PUSHER, str(tmp_path), str(signals), "gone", "0", "1000", "100"]) as proc:
+    with started(
+        [sys.executable, "-m", "tests.workers.pusher", str(tmp_path), str(signals), "gone", "0", "1000", "100"]
+    ) as proc:
         finished(proc)
     assert proc.returncode == 0
 
@@ -429,7 +247,7 @@ def test_snapshot_raises_store_error_within_the_lock_timeout_while_another_proce
     tmp_path: Path,
 ) -> None:
     marker = tmp_path / "locked"
-    with started([sys.executable, "-c", LOCK_HOLDER, str(tmp_path), str(marker)]):
+    with started([sys.executable, "-m", "tests.workers.lock_holder", str(tmp_path), str(marker)]):
         wait_for(marker.exists, 20, "the other process to take the lock")
         store = LocalStore(str(tmp_path), read_timeout_s=0.2, write_timeout_s=0.2)
         began = time.monotonic()

@@ -14,7 +14,7 @@ from flagmetrics.config import Settings
 from flagmetrics.stores import default_store
 from flagmetrics.stores.base import FlagDelta, Pin, Snapshot
 from flagmetrics.stores.redis import GROUPS, RedisStore
-from tests.conftest import UNICODE_KEY, batch, run_with, users
+from tests.helpers import UNICODE_KEY, batch, run_with, users
 from tests.processes import RedisCluster
 
 pytestmark = pytest.mark.redis
