@@ -16,7 +16,6 @@ temporary directory (printed) unless --results/--out/--img-dir say otherwise.
 from __future__ import annotations
 
 import argparse
-import importlib
 import shlex
 import signal
 import sys
@@ -25,17 +24,9 @@ import time
 import traceback
 from pathlib import Path
 
-from benchmarks._common import REPO, log, write_result
-
-SECTIONS: dict[str, str] = {
-    "hotpath": "benchmarks.hotpath",
-    "memory": "benchmarks.memory",
-    "scrape": "benchmarks.scrape",
-    "redis": "benchmarks.redis_cost",
-    "e2e": "benchmarks.e2e",
-    "accuracy": "benchmarks.accuracy",
-    "profile": "benchmarks.hotprofile",
-}
+from benchmarks._common import log, write_result
+from benchmarks.sections import SECTIONS, module
+from tests.processes import REPO
 
 
 def _sections(spec: str | None, parser: argparse.ArgumentParser) -> list[str]:
@@ -68,8 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--list", action="store_true", help="list the sections and exit")
     args = parser.parse_args(argv)
     if args.list:
-        for name, module in SECTIONS.items():
-            doc = (importlib.import_module(module).__doc__ or "").strip().splitlines()[0]
+        for name in SECTIONS:
+            doc = (module(name).__doc__ or "").strip().splitlines()[0]
             print(f"{name:9s} {doc}")
         return 0
 
@@ -100,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             log(f"== section {name} ==")
             t0 = time.monotonic()
             try:
-                data = importlib.import_module(SECTIONS[name]).run(quick=args.quick)
+                data = module(name).run(quick=args.quick)
             except Exception:
                 failed.append(name)
                 log(f"section {name} FAILED:\n{traceback.format_exc()}")

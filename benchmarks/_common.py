@@ -1,4 +1,4 @@
-"""Shared helpers: processes with deadlines, our own redis-server, statistics, events, results files.
+"""Shared helpers: statistics, synthetic events, results files, and our own redis-server (from tests.processes).
 
 Nothing here imports prometheus_client: the orchestrator (`python -m benchmarks`) never does, so
 each measuring subprocess can set PROMETHEUS_MULTIPROC_DIR before its first import.
@@ -12,23 +12,21 @@ import math
 import os
 import random
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.processes import REPO, RedisServer, clean_environ, stop_process
+
 BENCH = REPO / "benchmarks"
 PYTHON = sys.executable
-LOOPBACK = "127.0.0.1"
 
 # -- statistics ------------------------------------------------------------------------------------
 
@@ -65,36 +63,12 @@ def p90(values: Sequence[float]) -> float:
 # -- processes -------------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    """A TCP port on loopback that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        return int(sock.getsockname()[1])
-
-
 def clean_env(**extra: str) -> dict[str, str]:
-    """This environment without flagmetrics/prometheus settings, plus `extra`, with the repo importable."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("FLAGMETRICS_", "PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir"))
-    }
-    env["PYTHONPATH"] = str(REPO)
-    env["PYTHONHASHSEED"] = "0"
-    env.update(extra)
-    return env
+    """This environment without flagmetrics/prometheus settings, plus `extra`, with the repo importable.
 
-
-def stop_process(proc: subprocess.Popen[Any], timeout_s: float = 10.0) -> None:
-    """Stop a process this suite started: SIGTERM, then SIGKILL after `timeout_s`."""
-    if proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=5)
+    String hashing is seeded, so that runs iterate sets and dicts of strings in the same order.
+    """
+    return clean_environ(PYTHONHASHSEED="0", **extra)
 
 
 def run_json(args: Sequence[str], *, env: Mapping[str, str], timeout_s: float) -> dict[str, Any]:
@@ -128,22 +102,6 @@ def emit(result: Mapping[str, Any]) -> None:
     sys.stdout.flush()
 
 
-def wait_until(condition: Any, timeout_s: float, what: str, interval_s: float = 0.05) -> Any:
-    """Poll `condition()` until truthy; raise after `timeout_s`."""
-    deadline = time.monotonic() + timeout_s
-    last: BaseException | None = None
-    while time.monotonic() < deadline:
-        try:
-            value = condition()
-        except Exception as exc:  # the thing may still be starting
-            last = exc
-        else:
-            if value:
-                return value
-        time.sleep(interval_s)
-    raise TimeoutError(f"timed out after {timeout_s} s waiting for {what} (last error: {last!r})")
-
-
 @contextlib.contextmanager
 def temp_dir(prefix: str) -> Iterator[Path]:
     """A temporary directory removed afterwards, whatever happens."""
@@ -154,76 +112,14 @@ def temp_dir(prefix: str) -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-@dataclass
-class RedisServer:
-    """A redis-server of our own on a free loopback port, without persistence."""
-
-    directory: Path
-    port: int = field(default_factory=free_port)
-    proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://{LOOPBACK}:{self.port}/0"
-
-    def command(self, *args: str) -> bytes:
-        """Send one inline command and return the raw reply (no client library needed)."""
-        with socket.create_connection((LOOPBACK, self.port), timeout=5) as sock:
-            payload = f"*{len(args)}\r\n" + "".join(f"${len(a.encode())}\r\n{a}\r\n" for a in args)
-            sock.sendall(payload.encode())
-            sock.settimeout(5)
-            chunks = [sock.recv(1 << 16)]
-            if chunks[0].startswith(b"$"):
-                header, _, rest = chunks[0].partition(b"\r\n")
-                need = int(header[1:]) + 2
-                while len(rest) < need:
-                    more = sock.recv(1 << 16)
-                    if not more:
-                        break
-                    rest += more
-                return rest[: need - 2]
-            return chunks[0]
-
-    def start(self) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
-        self.proc = subprocess.Popen(
-            [
-                binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                LOOPBACK,
-                "--dir",
-                str(self.directory),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        wait_until(lambda: self.command("PING").startswith(b"+PONG"), 10, f"redis-server on {self.port}")
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop_process(self.proc)
-
-    def version(self) -> str:
-        info = self.command("INFO", "server").decode()
-        for line in info.splitlines():
-            if line.startswith("redis_version:"):
-                return line.split(":", 1)[1].strip()
-        return "?"
-
-
 @contextlib.contextmanager
 def redis_server() -> Iterator[RedisServer]:
     """Start our own redis-server and stop it by its pid afterwards."""
     with temp_dir("redis") as directory:
-        server = RedisServer(directory=directory)
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
+        server = RedisServer(binary=binary, directory=directory, persist=False)
         try:
             server.start()  # inside: a server that never answers PING is stopped too
             yield server

@@ -29,6 +29,8 @@ from benchmarks._common import (
     run_json_concurrently,
     temp_dir,
 )
+from benchmarks.page import Charts, Lines, fmt, provenance, table
+from benchmarks.targets import HLL_STANDARD_ERROR_PCT
 
 FLUSH_EVERY = 50_000
 
@@ -107,6 +109,10 @@ async def _measure(store_name: str, redis_url: str | None, sizes: list[tuple[int
     return {"store": store_name, "trials": trials, "merge": merge, "dropped": dropped}
 
 
+TITLE = "6. Accuracy of unique users"
+"""The heading of this section on the page."""
+
+
 def run(*, quick: bool) -> dict[str, Any]:
     """Both stores at once, each in its own subprocess (accuracy does not depend on CPU share)."""
     sizes = [(10_000, 1)] if quick else [(10_000, 5), (100_000, 3), (1_000_000, 1)]
@@ -142,6 +148,81 @@ def main(argv: list[str] | None = None) -> None:
     require_multiprocess_env()
     sizes = [(int(a), int(b)) for a, b in (item.split("x") for item in args.sizes.split(","))]
     emit(asyncio.run(_measure(args.worker, args.redis_url, sizes)))
+
+
+# -- the page ------------------------------------------------------------------------------------------
+
+
+def render(data: dict[str, Any], charts: Charts, verdicts: list[list[str]]) -> Lines:
+    """This section's part of docs/benchmarks.md, from its saved results; adds its rows to `verdicts`."""
+    rows = []
+    worst = 0.0
+    for store, r in data["stores"].items():
+        by_size: dict[int, list[dict[str, Any]]] = {}
+        for t in r["trials"]:
+            by_size.setdefault(t["truth"], []).append(t)
+        for size, trials in sorted(by_size.items()):
+            errs = [t["error_pct"] for t in trials]
+            worst = max(worst, max(abs(e) for e in errs))
+            rows.append(
+                [
+                    "RedisStore" if store == "redis" else "LocalStore",
+                    f"{size:,}",
+                    str(len(trials)),
+                    ", ".join(f"{t['estimate']:,}" for t in trials),
+                    ", ".join(f"{e:+.2f}" for e in errs),
+                    fmt(sum(abs(e) for e in errs) / len(errs)),
+                ]
+            )
+        m = r["merge"]
+        rows.append(
+            [
+                "RedisStore" if store == "redis" else "LocalStore",
+                f"{m['truth']:,} (2 writers, {m['sum_of_workers'] - m['truth']:,} shared)",
+                "1",
+                f"{m['estimate']:,} (sum of workers: {m['sum_of_workers']:,})",
+                f"{m['error_pct']:+.2f}",
+                fmt(abs(m["error_pct"])),
+            ]
+        )
+    out = [
+        provenance(data),
+        "",
+        "Distinct users recorded through `await exporter.record()` + `await exporter.flush()` and read back "
+        "with `await exporter.fleet_snapshot()`, each trial with its own flag and user ids. Both stores keep "
+        f"a HyperLogLog with 2^14 registers: standard error {HLL_STANDARD_ERROR_PCT:.2f}%, so about 95% of "
+        f"estimates fall within ±{2 * HLL_STANDARD_ERROR_PCT:.1f}%. No target was set for this section.",
+        "",
+        *table(["store", "distinct users", "trials", "estimates", "error %", "mean |error| %"], rows),
+        "",
+    ]
+    verdicts.append(
+        [
+            "accuracy (no target; HLL standard error 0.81%)",
+            f"worst |error| {worst:.2f}% over all single-writer trials",
+            "–",
+        ]
+    )
+    fig, ax = charts.plt.subplots(figsize=(7, 3.4))
+    for store, marker, color in (("redis", "o", "#2a7"), ("local", "s", "#27a")):
+        trials = data["stores"][store]["trials"]
+        ax.plot(
+            [t["truth"] for t in trials],
+            [t["error_pct"] for t in trials],
+            marker,
+            color=color,
+            label="RedisStore" if store == "redis" else "LocalStore",
+            alpha=0.8,
+        )
+    for k in (1, 2):
+        ax.axhspan(-k * HLL_STANDARD_ERROR_PCT, k * HLL_STANDARD_ERROR_PCT, color="#ccc", alpha=0.25)
+    ax.axhline(0, color="k", lw=0.5)
+    ax.set_xscale("log")
+    ax.set_xlabel("distinct users")
+    ax.set_ylabel("estimate error %")
+    ax.legend(fontsize=8)
+    out += [charts.save(fig, "accuracy.png", "unique-user estimate error"), ""]
+    return out
 
 
 if __name__ == "__main__":

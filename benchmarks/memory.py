@@ -34,6 +34,8 @@ from benchmarks._common import (
     started_exporter,
     temp_dir,
 )
+from benchmarks.page import NAMES, Charts, Lines, fmt, met, provenance, table
+from benchmarks.targets import TARGET_MEMORY_MB
 
 CANDIDATES = ("flagmetrics-redis", "flagmetrics-local", "reference")
 FLUSH_EVERY_USERS = 5_000
@@ -136,6 +138,10 @@ async def _measure(candidate: str, users: int, flags: int, redis_url: str | None
     return result
 
 
+TITLE = "2. Memory per worker"
+"""The heading of this section on the page."""
+
+
 def run(*, quick: bool) -> dict[str, Any]:
     """Run the three candidates at once (memory does not depend on CPU share); return the results."""
     users = 5_000 if quick else 1_000_000
@@ -176,6 +182,82 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     require_multiprocess_env()
     emit(asyncio.run(_measure(args.worker, args.users, args.flags, args.redis_url)))
+
+
+# -- the page ------------------------------------------------------------------------------------------
+
+
+def render(data: dict[str, Any], charts: Charts, verdicts: list[list[str]]) -> Lines:
+    """This section's part of docs/benchmarks.md, from its saved results; adds its rows to `verdicts`."""
+    c = data["candidates"]
+    rows = []
+    for key in ("flagmetrics-redis", "flagmetrics-local", "reference"):
+        r = c[key]
+        extra = f"dropped {r['dropped']:.0f}" if "dropped" in r else f"set sizes {r.get('tracked_users')}"
+        rows.append(
+            [
+                NAMES[key],
+                f"{r['users']:,} × {r['flags']}",
+                f"{r['events']:,}",
+                fmt(r["growth_kb"] / 1024, 1),
+                fmt(r["peak_growth_kb"] / 1024, 1),
+                fmt(r["baseline_rss_kb"] / 1024, 1),
+                f"{r['seconds']:.0f}",
+                extra,
+            ]
+        )
+    out = [
+        provenance(data),
+        "",
+        "RSS growth of one worker process (VmRSS after `gc.collect()`, minus VmRSS after a warm-up of "
+        "2,000 users); *peak* is VmHWM minus the same baseline. flagmetrics: every user evaluates each of "
+        "10 flags; the flusher runs and the loop also flushes every 5,000 users, so the buffer never "
+        "overflows. The reference is run with 1 flag: its per-flag user sets grow linearly and are never "
+        "trimmed, so 10 flags would be 10× the figure shown. The three run at the same time.",
+        "",
+        *table(
+            [
+                "candidate",
+                "users × flags",
+                "events",
+                "RSS growth MiB",
+                "peak growth MiB",
+                "baseline MiB",
+                "seconds",
+                "check",
+            ],
+            rows,
+        ),
+        "",
+    ]
+    for key in ("flagmetrics-redis", "flagmetrics-local"):
+        growth = c[key]["growth_kb"] / 1024
+        verdicts.append(
+            [
+                f"memory, {NAMES[key]}: ≤ {TARGET_MEMORY_MB} MB growth after {c[key]['users']:,} users × 10 flags",
+                f"{growth:.1f} MiB (peak {c[key]['peak_growth_kb'] / 1024:.1f} MiB); reference "
+                f"{c['reference']['growth_kb'] / 1024:.0f} MiB for "
+                f"{c['reference']['users']:,} users × 1 flag",
+                met(growth <= TARGET_MEMORY_MB),
+            ]
+        )
+    fig, ax = charts.plt.subplots(figsize=(7, 3.6))
+    for key, color in (("flagmetrics-redis", "#2a7"), ("flagmetrics-local", "#27a"), ("reference", "#c55")):
+        pts = c[key]["checkpoints"]
+        ax.plot(
+            [p[0] for p in pts],
+            [p[1] / 1024 for p in pts],
+            marker="o",
+            ms=3,
+            color=color,
+            label=f"{NAMES[key].split(' (')[0]} ({c[key]['flags']} flag{'s' if c[key]['flags'] > 1 else ''})",
+        )
+    ax.axhline(TARGET_MEMORY_MB, color="k", ls="--", lw=1, label=f"target {TARGET_MEMORY_MB} MB")
+    ax.set_xlabel("distinct users recorded")
+    ax.set_ylabel("RSS growth, MiB")
+    ax.legend(fontsize=8)
+    out += [charts.save(fig, "memory.png", "RSS growth vs users"), ""]
+    return out
 
 
 if __name__ == "__main__":

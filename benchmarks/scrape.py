@@ -44,6 +44,8 @@ from benchmarks._common import (
     run_json,
     temp_dir,
 )
+from benchmarks.page import Charts, Lines, fmt, met, provenance, table
+from benchmarks.targets import TARGET_DEAD_RATIO, TARGET_LOCAL_FLEET_MS, TARGET_REDIS_FLEET_MS
 
 VARIANTS = ("blue", "green", "red")
 
@@ -225,7 +227,7 @@ async def _fill_redis(store: Any, flags: int, writers: int) -> None:
     from flagmetrics.buffer import digest_users
     from flagmetrics.stores.base import Batch, FlagDelta
 
-    if await store.client.hlen(f"{store.key_prefix}:totals") == flags:
+    if len((await store.snapshot()).flags) == flags:
         return
     for w in range(writers):
         deltas = {
@@ -378,7 +380,14 @@ def _fleet_running(directory: Path, workers: int, flags: int) -> Any:
         worker.close()
 
 
+TITLE = "3. Scrape time"
+"""The heading of this section on the page."""
+
+
 def run(*, quick: bool) -> dict[str, Any]:
+    worker_grid: tuple[int, ...]
+    flag_grid: tuple[int, ...]
+    dead_grid: tuple[int, ...]
     if quick:
         worker_grid, flag_grid, dead_grid = (2,), (10,), (0, 4)
     else:
@@ -455,6 +464,198 @@ def main(argv: list[str] | None = None) -> None:
         pids = [int(p) for p in Path(args.measure_dead).read_text().split()]
         Path(args.measure_dead).unlink()
         emit(asyncio.run(_scrape_dead(pids, args.budget)))
+
+
+# -- the page ------------------------------------------------------------------------------------------
+
+
+def render(data: dict[str, Any], charts: Charts, verdicts: list[list[str]]) -> Lines:
+    """This section's part of docs/benchmarks.md, from its saved results; adds its rows to `verdicts`."""
+    live = data["live"]
+    rows = []
+    for r in live:
+        m = r["median_ms"]
+        rows.append(
+            [
+                str(r["workers"]),
+                str(r["flags"]),
+                fmt(m["pc_alone"], 1),
+                fmt(m["fm_render_snapshot"], 1),
+                fmt(m["fm_render"], 1),
+                fmt(m["fm_render_snapshot"] - m["pc_alone"], 1),
+                fmt(m["fleet_local"], 2),
+                fmt(m["fleet_redis"], 2),
+                fmt(m["snapshot_redis"], 2),
+                str(r["repeats"]),
+                f"{r['checks']['unique_users_lines']}/{r['flags']}",
+            ]
+        )
+    out = [
+        provenance(data),
+        "",
+        "### Live workers × flags",
+        "",
+        "Worker files written by real forked worker processes that stay alive during the timing; each "
+        "records every flag with 3 SPLIT variants, TARGETING_MATCH, DEFAULT and (every fifth flag) ERROR, "
+        "then flushes to the LocalStore. Medians over the repeats (interleaved), milliseconds. "
+        "*(a)* prometheus_client alone = fresh CollectorRegistry + MultiProcessCollector + generate_latest; "
+        "*(b)* `render_snapshot` = what flagmetrics' scrape does in its thread (same merge + fleet gauges, "
+        "under the directory lock); *render* = the whole `await render(exporter)` (snapshot read + thread); "
+        "*(c)* fleet gauges alone = `await store.snapshot()` + rendering a registry holding only the "
+        "FleetCollector (the Redis store holds the same flags, 4 writers).",
+        "",
+        *table(
+            [
+                "live workers",
+                "flags",
+                "(a) prometheus_client ms",
+                "(b) render_snapshot ms",
+                "render() ms",
+                "(b) − (a) ms",
+                "(c) fleet, LocalStore ms",
+                "(c) fleet, RedisStore ms",
+                "of which Redis snapshot ms",
+                "repeats",
+                "unique_users lines",
+            ],
+            rows,
+        ),
+        "",
+    ]
+    redis_1000 = [r["median_ms"]["fleet_redis"] for r in live if r["flags"] == max(x["flags"] for x in live)]
+    local_16_100 = [
+        r["median_ms"]["fleet_local"]
+        for r in live
+        if r["workers"] == max(x["workers"] for x in live) and r["flags"] == 100
+    ]
+    max_flags = max(x["flags"] for x in live)
+    verdicts.append(
+        [
+            f"scrape: fleet gauges add ≤ {TARGET_REDIS_FLEET_MS:g} ms at {max_flags} flags, RedisStore",
+            f"{max(redis_1000):.2f} ms (worst over worker counts; medians {', '.join(f'{v:.2f}' for v in redis_1000)})",
+            met(max(redis_1000) <= TARGET_REDIS_FLEET_MS),
+        ]
+    )
+    if local_16_100:
+        verdicts.append(
+            [
+                f"scrape: fleet gauges add ≤ {TARGET_LOCAL_FLEET_MS:g} ms at "
+                f"{max(x['workers'] for x in live)} workers × 100 flags, LocalStore",
+                f"{local_16_100[0]:.2f} ms",
+                met(local_16_100[0] <= TARGET_LOCAL_FLEET_MS),
+            ]
+        )
+    dead = data["dead"]
+    drows = []
+    for r in dead:
+        b, a = r["before"], r["after"]
+        per = r["compact_seconds"] / r["dead"] * 1000 if r["dead"] else None
+        drows.append(
+            [
+                str(r["dead"]),
+                str(b["files"]),
+                fmt(median(b["pc_alone_ms"]), 1),
+                fmt(median(b["fm_render_snapshot_ms"]), 1),
+                fmt(r["compact_seconds"] * 1000, 0),
+                fmt(per, 1),
+                str(a["files"]),
+                fmt(median(a["fm_render_snapshot_ms"]), 1),
+                fmt(median(a["pc_alone_ms"]), 1),
+                "yes" if r["same_values"] else "**NO**",
+            ]
+        )
+    fm0 = median(dead[0]["after"]["fm_render_snapshot_ms"])
+    fm_last = median(dead[-1]["after"]["fm_render_snapshot_ms"])
+    pc_last = median(dead[-1]["before"]["pc_alone_ms"])
+    verdicts.append(
+        [
+            f"scrape: flat in dead workers (flagmetrics at {dead[-1]['dead']} dead ≤ {TARGET_DEAD_RATIO}× at 0 dead)",
+            f"{fm_last:.1f} ms vs {fm0:.1f} ms = {fm_last / fm0:.2f}× (prometheus_client alone with the dead "
+            f"files in place: {pc_last:.0f} ms = {pc_last / median(dead[0]['before']['pc_alone_ms']):.1f}×)",
+            met(fm_last / fm0 <= TARGET_DEAD_RATIO),
+        ]
+    )
+    out += [
+        "### Dead workers (4 live workers × 100 flags)",
+        "",
+        "Dead workers are forked processes that recorded all 100 flags and exited without compaction. "
+        "prometheus_client alone leaves their files in place; flagmetrics runs what gunicorn's "
+        "`child_exit` hook runs — `mark_process_dead(pid)` then "
+        "`flagmetrics.multiprocess.compact(path, pid)` "
+        "for each dead pid — and then scrapes. *values unchanged* compares every sample of a "
+        "prometheus_client scrape before and after compaction.",
+        "",
+        *table(
+            [
+                "dead workers",
+                ".db files",
+                "prometheus_client ms (dead in place)",
+                "render_snapshot ms (before compact)",
+                "compact() all, ms",
+                "compact() per worker, ms",
+                ".db files after",
+                "flagmetrics render_snapshot ms (after compact)",
+                "prometheus_client ms (after compact)",
+                "values unchanged",
+            ],
+            drows,
+        ),
+        "",
+    ]
+    fig, (ax1, ax2) = charts.plt.subplots(1, 2, figsize=(10, 3.8))
+    for workers, color in zip(sorted({r["workers"] for r in live}), ("#2a7", "#27a", "#a72", "#a27"), strict=False):
+        pts = sorted((r["flags"], r["median_ms"]) for r in live if r["workers"] == workers)
+        ax1.plot(
+            [p[0] for p in pts],
+            [p[1]["pc_alone"] for p in pts],
+            ls="--",
+            marker="o",
+            ms=3,
+            color=color,
+            label=f"{workers} w: prometheus_client",
+        )
+        ax1.plot(
+            [p[0] for p in pts],
+            [p[1]["fm_render_snapshot"] for p in pts],
+            marker="s",
+            ms=3,
+            color=color,
+            label=f"{workers} w: flagmetrics",
+        )
+        ax1.plot(
+            [p[0] for p in pts],
+            [p[1]["fleet_redis"] for p in pts],
+            ls=":",
+            marker="^",
+            ms=3,
+            color=color,
+            label=f"{workers} w: fleet gauges (Redis)",
+        )
+    ax1.set_xscale("log")
+    ax1.set_yscale("log")
+    ax1.set_xlabel("flags")
+    ax1.set_ylabel("scrape ms (median)")
+    ax1.legend(fontsize=6)
+    xs = [r["dead"] for r in dead]
+    ax2.plot(
+        xs,
+        [median(r["before"]["pc_alone_ms"]) for r in dead],
+        marker="o",
+        color="#c55",
+        label="prometheus_client, dead files kept",
+    )
+    ax2.plot(
+        xs,
+        [median(r["after"]["fm_render_snapshot_ms"]) for r in dead],
+        marker="s",
+        color="#2a7",
+        label="flagmetrics after compact()",
+    )
+    ax2.set_xlabel("dead workers (4 live × 100 flags)")
+    ax2.set_ylabel("scrape ms (median)")
+    ax2.legend(fontsize=8)
+    out += [charts.save(fig, "scrape.png", "scrape time"), ""]
+    return out
 
 
 if __name__ == "__main__":
