@@ -415,14 +415,7 @@ def test_reading_an_event_again_gives_the_same_reading(
     flag_key: Any, reason: Any, variant: Any, user: Any, ms: Any, code: Any
 ) -> None:
     """The second reading takes the fast path (the labels are known by then) and must agree with the first."""
-    event = plain(
-        flag_key=flag_key,
-        reason=reason,
-        variant=variant,
-        targeting_key=user,
-        evaluation_duration_ms=ms,
-        error_code=code,
-    )
+    event = helpers.ev(flag_key, reason, variant, user, ms, code)
     first = read(event)
     assert read(event) == first
     assert read(plain(**vars(event))) == first

@@ -4,59 +4,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from types import SimpleNamespace
 from typing import Any
 
 import fakeredis
 import pytest
-from prometheus_client import CollectorRegistry
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families
 
-from flagmetrics import PrometheusExporter, RedisStore, StoreError
+from flagmetrics import PrometheusExporter, StoreError
 from flagmetrics.exposition import render, render_snapshot
-from flagmetrics.stores.base import Batch, FlagStats, Snapshot
-from tests.helpers import samples
+from flagmetrics.stores.base import FlagStats, Snapshot
+from tests.helpers import DownStore, ev, make_exporter, samples
 
 pytestmark = pytest.mark.usefixtures("clean_env")
 
 OPENMETRICS = "application/openmetrics-text; version=1.0.0"
 
 
-class BrokenStore:
-    """A store whose snapshot fails."""
-
-    async def push(self, batch: Batch) -> None:
-        raise StoreError("down")
-
-    async def snapshot(self) -> Snapshot:
-        raise StoreError("down")
-
-    async def reset(self, flag_key: str | None = None) -> None:
-        raise StoreError("down")
-
-    async def close(self) -> None:
-        return None
-
-
-class SilentStore(BrokenStore):
+class SilentStore(DownStore):
     """A store whose snapshot never answers."""
 
     async def snapshot(self) -> Snapshot:
         await asyncio.Event().wait()  # nobody sets it: only the scrape timeout ends this
         raise AssertionError("unreachable")
-
-
-def ev(flag_key: str = "f", reason: str = "DEFAULT", variant: str | None = "on", user: str | None = None) -> Any:
-    return SimpleNamespace(
-        flag_key=flag_key, reason=reason, variant=variant, targeting_key=user, evaluation_duration_ms=2.0
-    )
-
-
-def make_exporter(store: Any = None, **kwargs: Any) -> PrometheusExporter:
-    if store is None:
-        store = RedisStore(fakeredis.aioredis.FakeRedis(server=fakeredis.FakeServer()))
-    return PrometheusExporter(registry=CollectorRegistry(), store=store, **kwargs)
 
 
 def scrape(exporter: PrometheusExporter, accept: str | None = None, *events: Any) -> tuple[str, str]:
@@ -85,24 +55,24 @@ def family_names(body: str) -> set[str]:
 
 
 def test_text_format_by_default() -> None:
-    body, content_type = scrape(make_exporter(), None, ev())
+    body, content_type = scrape(make_exporter()[0], None, ev())
     assert content_type == "text/plain; version=0.0.4; charset=utf-8"
     assert 'feature_flag_evaluations_total{flag_key="f",reason="DEFAULT",variant="on"} 1.0' in body
 
 
 def test_text_format_for_generic_accept() -> None:
-    _, content_type = scrape(make_exporter(), "*/*", ev())
+    _, content_type = scrape(make_exporter()[0], "*/*", ev())
     assert content_type.startswith("text/plain; version=0.0.4")
 
 
 def test_openmetrics_when_asked_for() -> None:
-    body, content_type = scrape(make_exporter(), OPENMETRICS, ev())
+    body, content_type = scrape(make_exporter()[0], OPENMETRICS, ev())
     assert content_type.startswith("application/openmetrics-text; version=1.0.0")
     assert body.endswith("# EOF\n")
 
 
 def test_openmetrics_body_parses_with_the_evaluation() -> None:
-    body, _ = scrape(make_exporter(), OPENMETRICS, ev(user="u1"))
+    body, _ = scrape(make_exporter()[0], OPENMETRICS, ev(user="u1"))
     found = {
         (sample.name, tuple(sorted(sample.labels.items()))): sample.value
         for family in parse_openmetrics(body)
@@ -117,7 +87,7 @@ def test_openmetrics_body_parses_with_the_evaluation() -> None:
 
 def test_content_type_has_exactly_one_charset() -> None:
     for accept in (None, OPENMETRICS):
-        _, content_type = scrape(make_exporter(), accept)
+        _, content_type = scrape(make_exporter()[0], accept)
         assert content_type.count("charset") == 1
 
 
@@ -132,7 +102,7 @@ def test_fleet_gauges_have_exact_values() -> None:
         ev("a", "ERROR", None, user="u3"),
         ev("b", "ERROR", None),
     ]
-    found = samples(scrape(make_exporter(), None, *events)[0])
+    found = samples(scrape(make_exporter()[0], None, *events)[0])
     assert found[("flagmetrics_store_up", ())] == 1.0
     assert found[("feature_flag_unique_users", (("flag_key", "a"),))] == 3.0
     assert found[("feature_flag_unique_users", (("flag_key", "b"),))] == 0.0
@@ -141,7 +111,7 @@ def test_fleet_gauges_have_exact_values() -> None:
 
 
 def test_pinned_figures_are_rendered() -> None:
-    exporter = make_exporter()
+    exporter = make_exporter()[0]
     exporter.update_from_metrics("pinned", {"unique_users": 12, "error_rate": 5.0})
     found = samples(scrape(exporter, None)[0])
     assert found[("feature_flag_unique_users", (("flag_key", "pinned"),))] == 12.0
@@ -150,8 +120,8 @@ def test_pinned_figures_are_rendered() -> None:
 
 def test_fleet_gauges_from_other_workers_are_rendered() -> None:
     server = fakeredis.FakeServer()
-    worker = make_exporter(RedisStore(fakeredis.aioredis.FakeRedis(server=server)))
-    scraper = make_exporter(RedisStore(fakeredis.aioredis.FakeRedis(server=server)))
+    worker = make_exporter(server)[0]
+    scraper = make_exporter(server)[0]
 
     async def main() -> None:
         try:
@@ -166,37 +136,37 @@ def test_fleet_gauges_from_other_workers_are_rendered() -> None:
 
 
 def test_store_up_is_zero_and_fleet_gauges_absent_when_snapshot_raises() -> None:
-    body, _ = scrape(make_exporter(BrokenStore()), None, ev(user="u1"))
+    body, _ = scrape(make_exporter(store=DownStore())[0], None, ev(user="u1"))
     found = samples(body)
     assert found[("flagmetrics_store_up", ())] == 0.0
     assert not family_names(body) & {"feature_flag_unique_users", "feature_flag_error_rate"}
 
 
 def test_counters_are_rendered_when_snapshot_raises() -> None:
-    found = samples(scrape(make_exporter(BrokenStore()), None, ev())[0])
+    found = samples(scrape(make_exporter(store=DownStore())[0], None, ev())[0])
     key = ("feature_flag_evaluations_total", (("flag_key", "f"), ("reason", "DEFAULT"), ("variant", "on")))
     assert found[key] == 1.0
 
 
 def test_store_up_is_zero_when_snapshot_times_out() -> None:
-    body, _ = scrape(make_exporter(SilentStore(), scrape_timeout_s=0.05), None, ev(user="u1"))
+    body, _ = scrape(make_exporter(store=SilentStore(), scrape_timeout_s=0.05)[0], None, ev(user="u1"))
     assert samples(body)[("flagmetrics_store_up", ())] == 0.0
     assert not family_names(body) & {"feature_flag_unique_users", "feature_flag_error_rate"}
 
 
 def test_snapshot_timeout_is_counted_as_store_error() -> None:
-    body, _ = scrape(make_exporter(SilentStore(), scrape_timeout_s=0.05), None)
+    body, _ = scrape(make_exporter(store=SilentStore(), scrape_timeout_s=0.05)[0], None)
     assert samples(body)[("flagmetrics_store_errors_total", (("operation", "snapshot"),))] == 1.0
 
 
 def test_openmetrics_with_store_down_still_ends_with_eof() -> None:
-    body, _ = scrape(make_exporter(BrokenStore()), OPENMETRICS, ev())
+    body, _ = scrape(make_exporter(store=DownStore())[0], OPENMETRICS, ev())
     assert "flagmetrics_store_up 0.0" in body
     assert body.endswith("# EOF\n")
 
 
 def test_render_snapshot_renders_the_snapshot_it_is_given() -> None:
-    exporter = make_exporter()
+    exporter = make_exporter()[0]
     snapshot = Snapshot(flags={"x": FlagStats(total=10, errors=1, unique_users=4)})
     body, _ = render_snapshot(exporter, snapshot)
     found = samples(body.decode())
@@ -206,7 +176,7 @@ def test_render_snapshot_renders_the_snapshot_it_is_given() -> None:
 
 
 def test_flag_without_evaluations_has_no_error_rate() -> None:
-    exporter = make_exporter()
+    exporter = make_exporter()[0]
     snapshot = Snapshot(flags={"x": FlagStats(total=0, errors=0, unique_users=0)})
     found = samples(render_snapshot(exporter, snapshot)[0].decode())
     assert ("feature_flag_error_rate", (("flag_key", "x"),)) not in found
@@ -215,7 +185,7 @@ def test_flag_without_evaluations_has_no_error_rate() -> None:
 
 
 def test_prefix_applies_to_fleet_gauges() -> None:
-    body, _ = scrape(make_exporter(prefix="shop"), None, ev(user="u1"))
+    body, _ = scrape(make_exporter(prefix="shop")[0], None, ev(user="u1"))
     names = family_names(body)
     expected = {"shop_feature_flag_unique_users", "shop_feature_flag_error_rate", "shop_flagmetrics_store_up"}
     assert expected <= names

@@ -11,21 +11,16 @@ import fakeredis
 import pytest
 from litestar import Litestar, Request, get
 from litestar.testing import TestClient
-from prometheus_client import CollectorRegistry
 
 from flagmetrics import ConfigurationError, PrometheusExporter, RedisStore, Settings
 from flagmetrics.litestar import FlagMetricsPlugin
 from flagmetrics.stores.base import Snapshot
+from tests.helpers import make_exporter
 from tests.processes import wait_for
 
 pytestmark = pytest.mark.usefixtures("clean_env")
 
 OPENMETRICS = "application/openmetrics-text; version=1.0.0"
-
-
-def make_exporter(server: fakeredis.FakeServer, **kwargs: Any) -> PrometheusExporter:
-    store = RedisStore(fakeredis.aioredis.FakeRedis(server=server))
-    return PrometheusExporter(registry=CollectorRegistry(), store=store, **kwargs)
 
 
 def make_app(exporter: PrometheusExporter, **plugin_kwargs: Any) -> Litestar:
@@ -63,7 +58,7 @@ def basic(user: str, password: str) -> dict[str, str]:
 
 
 def test_metrics_route_serves_text_format(server: fakeredis.FakeServer) -> None:
-    with TestClient(make_app(make_exporter(server))) as client:
+    with TestClient(make_app(make_exporter(server)[0])) as client:
         client.get("/evaluate", params={"user": "u1"})
         response = client.get("/metrics")
     assert response.status_code == 200
@@ -72,7 +67,7 @@ def test_metrics_route_serves_text_format(server: fakeredis.FakeServer) -> None:
 
 
 def test_metrics_route_has_exactly_one_content_type_with_one_charset(server: fakeredis.FakeServer) -> None:
-    with TestClient(make_app(make_exporter(server))) as client:
+    with TestClient(make_app(make_exporter(server)[0])) as client:
         response = client.get("/metrics")
     content_types = response.headers.get_list("content-type")
     assert len(content_types) == 1
@@ -80,7 +75,7 @@ def test_metrics_route_has_exactly_one_content_type_with_one_charset(server: fak
 
 
 def test_metrics_route_serves_openmetrics_when_asked(server: fakeredis.FakeServer) -> None:
-    with TestClient(make_app(make_exporter(server))) as client:
+    with TestClient(make_app(make_exporter(server)[0])) as client:
         response = client.get("/metrics", headers={"accept": OPENMETRICS})
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("application/openmetrics-text; version=1.0.0")
@@ -89,7 +84,7 @@ def test_metrics_route_serves_openmetrics_when_asked(server: fakeredis.FakeServe
 
 
 def test_custom_path(server: fakeredis.FakeServer) -> None:
-    with TestClient(make_app(make_exporter(server), path="/internal/prom")) as client:
+    with TestClient(make_app(make_exporter(server)[0], path="/internal/prom")) as client:
         moved = client.get("/internal/prom")
         default = client.get("/metrics")
     assert (moved.status_code, default.status_code) == (200, 404)
@@ -97,12 +92,12 @@ def test_custom_path(server: fakeredis.FakeServer) -> None:
 
 
 def test_no_path_adds_no_route(server: fakeredis.FakeServer) -> None:
-    with TestClient(make_app(make_exporter(server), path=None)) as client:
+    with TestClient(make_app(make_exporter(server)[0], path=None)) as client:
         assert client.get("/metrics").status_code == 404
 
 
 def test_no_path_still_flushes_at_shutdown(server: fakeredis.FakeServer) -> None:
-    exporter = make_exporter(server, flush_interval_s=3600)
+    exporter = make_exporter(server, flush_interval_s=3600)[0]
     with TestClient(make_app(exporter, path=None)) as client:
         assert client.get("/evaluate", params={"user": "u1"}).status_code == 200
     assert read_store(server).flags["f"].total == 1
@@ -110,24 +105,24 @@ def test_no_path_still_flushes_at_shutdown(server: fakeredis.FakeServer) -> None
 
 def test_path_must_start_with_slash(server: fakeredis.FakeServer) -> None:
     with pytest.raises(ConfigurationError, match="`path`"):
-        FlagMetricsPlugin(make_exporter(server), path="metrics")
+        FlagMetricsPlugin(make_exporter(server)[0], path="metrics")
 
 
 def test_empty_bearer_token_is_rejected(server: fakeredis.FakeServer) -> None:
     with pytest.raises(ConfigurationError, match="`bearer_token`"):
-        FlagMetricsPlugin(make_exporter(server), bearer_token="")
+        FlagMetricsPlugin(make_exporter(server)[0], bearer_token="")
 
 
 def test_incomplete_basic_auth_is_rejected(server: fakeredis.FakeServer) -> None:
     with pytest.raises(ConfigurationError, match="`basic_auth`"):
-        FlagMetricsPlugin(make_exporter(server), basic_auth=("user", ""))
+        FlagMetricsPlugin(make_exporter(server)[0], basic_auth=("user", ""))
 
 
 # -- bearer token ----------------------------------------------------------------------------------
 
 
 def test_bearer_token_required(server: fakeredis.FakeServer) -> None:
-    with TestClient(make_app(make_exporter(server), bearer_token="s3cret")) as client:
+    with TestClient(make_app(make_exporter(server)[0], bearer_token="s3cret")) as client:
         response = client.get("/metrics")
     assert response.status_code == 401
     assert response.headers["www-authenticate"] == 'Bearer realm="metrics"'
@@ -139,7 +134,7 @@ def test_bearer_token_required(server: fakeredis.FakeServer) -> None:
     ["Bearer wrong", "Bearer s3cret-and-more", "Bearer ", "Basic czNjcmV0", "s3cret", "Token s3cret"],
 )
 def test_wrong_bearer_token_is_refused(server: fakeredis.FakeServer, header: str) -> None:
-    with TestClient(make_app(make_exporter(server), bearer_token="s3cret")) as client:
+    with TestClient(make_app(make_exporter(server)[0], bearer_token="s3cret")) as client:
         response = client.get("/metrics", headers={"authorization": header})
     assert response.status_code == 401
     assert response.headers["www-authenticate"] == 'Bearer realm="metrics"'
@@ -147,14 +142,14 @@ def test_wrong_bearer_token_is_refused(server: fakeredis.FakeServer, header: str
 
 @pytest.mark.parametrize("header", ["Bearer s3cret", "bearer s3cret", "BEARER  s3cret "])
 def test_right_bearer_token_is_accepted(server: fakeredis.FakeServer, header: str) -> None:
-    with TestClient(make_app(make_exporter(server), bearer_token="s3cret")) as client:
+    with TestClient(make_app(make_exporter(server)[0], bearer_token="s3cret")) as client:
         response = client.get("/metrics", headers={"authorization": header})
     assert response.status_code == 200
     assert "flagmetrics_store_up" in response.text
 
 
 def test_bearer_token_from_settings(server: fakeredis.FakeServer) -> None:
-    exporter = make_exporter(server, settings=Settings(metrics_token="from-env"))
+    exporter = make_exporter(server, settings=Settings(metrics_token="from-env"))[0]
     with TestClient(make_app(exporter)) as client:
         refused = client.get("/metrics")
         accepted = client.get("/metrics", headers={"authorization": "Bearer from-env"})
@@ -162,7 +157,7 @@ def test_bearer_token_from_settings(server: fakeredis.FakeServer) -> None:
 
 
 def test_metrics_token_with_colon_is_a_bearer_token(server: fakeredis.FakeServer) -> None:
-    exporter = make_exporter(server, settings=Settings(metrics_token="scraper:pa55"))
+    exporter = make_exporter(server, settings=Settings(metrics_token="scraper:pa55"))[0]
     with TestClient(make_app(exporter)) as client:
         response = client.get("/metrics", headers={"authorization": "Bearer scraper:pa55"})
     assert response.status_code == 200
@@ -172,7 +167,7 @@ def test_metrics_token_with_colon_is_a_bearer_token(server: fakeredis.FakeServer
 
 
 def test_basic_auth_required(server: fakeredis.FakeServer) -> None:
-    with TestClient(make_app(make_exporter(server), basic_auth=("scraper", "pa55"))) as client:
+    with TestClient(make_app(make_exporter(server)[0], basic_auth=("scraper", "pa55"))) as client:
         response = client.get("/metrics")
     assert response.status_code == 401
     assert response.headers["www-authenticate"] == 'Basic realm="metrics"'
@@ -192,21 +187,21 @@ def test_basic_auth_required(server: fakeredis.FakeServer) -> None:
     ids=["wrong-password", "wrong-user", "longer-password", "malformed", "no-colon", "bearer", "non-ascii"],
 )
 def test_wrong_basic_credentials_are_refused(server: fakeredis.FakeServer, headers: dict[str, Any]) -> None:
-    with TestClient(make_app(make_exporter(server), basic_auth=("scraper", "pa55"))) as client:
+    with TestClient(make_app(make_exporter(server)[0], basic_auth=("scraper", "pa55"))) as client:
         response = client.get("/metrics", headers=headers)
     assert response.status_code == 401
     assert response.headers["www-authenticate"] == 'Basic realm="metrics"'
 
 
 def test_right_basic_credentials_are_accepted(server: fakeredis.FakeServer) -> None:
-    with TestClient(make_app(make_exporter(server), basic_auth=("scraper", "pa55"))) as client:
+    with TestClient(make_app(make_exporter(server)[0], basic_auth=("scraper", "pa55"))) as client:
         response = client.get("/metrics", headers=basic("scraper", "pa55"))
     assert response.status_code == 200
     assert "flagmetrics_store_up" in response.text
 
 
 def test_bearer_and_basic_both_accepted_when_both_configured(server: fakeredis.FakeServer) -> None:
-    app = make_app(make_exporter(server), bearer_token="tok", basic_auth=("scraper", "pa55"))
+    app = make_app(make_exporter(server)[0], bearer_token="tok", basic_auth=("scraper", "pa55"))
     with TestClient(app) as client:
         statuses = [
             client.get("/metrics", headers={"authorization": "Bearer tok"}).status_code,
@@ -217,7 +212,7 @@ def test_bearer_and_basic_both_accepted_when_both_configured(server: fakeredis.F
 
 
 def test_other_routes_need_no_credentials(server: fakeredis.FakeServer) -> None:
-    with TestClient(make_app(make_exporter(server), bearer_token="s3cret")) as client:
+    with TestClient(make_app(make_exporter(server)[0], bearer_token="s3cret")) as client:
         response = client.get("/evaluate", params={"user": "u1"})
     assert response.status_code == 200
 
@@ -237,7 +232,7 @@ def scrape_until(client: TestClient[Any], line: str) -> str:
 
 def test_lifespan_starts_the_flusher(server: fakeredis.FakeServer) -> None:
     """A pin set from outside the app's loop reaches the store only through the running flusher."""
-    exporter = make_exporter(server, flush_interval_s=0.02)
+    exporter = make_exporter(server, flush_interval_s=0.02)[0]
     with TestClient(make_app(exporter)) as client:
         exporter.update_from_metrics("pinned", {"unique_users": 7, "error_rate": 50.0})
         seen = scrape_until(client, 'feature_flag_unique_users{flag_key="pinned"} 7.0')
@@ -245,7 +240,7 @@ def test_lifespan_starts_the_flusher(server: fakeredis.FakeServer) -> None:
 
 
 def test_shutdown_delivers_buffered_events_to_the_store(server: fakeredis.FakeServer) -> None:
-    exporter = make_exporter(server, flush_interval_s=3600)
+    exporter = make_exporter(server, flush_interval_s=3600)[0]
     with TestClient(make_app(exporter)) as client:
         for user in ("u1", "u2", "u1"):
             assert client.get("/evaluate", params={"user": user}).status_code == 200
@@ -255,7 +250,7 @@ def test_shutdown_delivers_buffered_events_to_the_store(server: fakeredis.FakeSe
 
 
 def test_metrics_route_reports_fleet_gauges_after_flush(server: fakeredis.FakeServer) -> None:
-    exporter = make_exporter(server, flush_interval_s=0.02)
+    exporter = make_exporter(server, flush_interval_s=0.02)[0]
     with TestClient(make_app(exporter)) as client:
         client.get("/evaluate", params={"user": "u1"})
         client.get("/evaluate", params={"user": "u2"})
@@ -264,5 +259,5 @@ def test_metrics_route_reports_fleet_gauges_after_flush(server: fakeredis.FakeSe
 
 
 def test_plugin_exposes_its_exporter(server: fakeredis.FakeServer) -> None:
-    exporter = make_exporter(server)
+    exporter = make_exporter(server)[0]
     assert FlagMetricsPlugin(exporter).exporter is exporter
