@@ -20,6 +20,7 @@ SECTIONS: Final = {
     "redis": "benchmarks.redis_cost",
     "e2e": "benchmarks.e2e",
     "accuracy": "benchmarks.accuracy",
+    "fleet": "benchmarks.fleet",
     "profile": "benchmarks.hotprofile",
 }
 """Section key (as in --only and results/<key>.json) -> its module."""
