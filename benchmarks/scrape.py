@@ -10,8 +10,8 @@ A separate "scraper" subprocess with the same directory then times, interleaved,
   (a) prometheus_client alone: fresh CollectorRegistry + MultiProcessCollector + generate_latest;
   (b) flagmetrics `render_snapshot` with the LocalStore snapshot (directory lock included), and the
       full `await render(exporter)` (snapshot read + render in a thread);
-  (c) the fleet gauges alone: `await store.snapshot()` + rendering a registry holding only the
-      FleetCollector, for the LocalStore and for a RedisStore filled with the same flags.
+  (c) the fleet gauges alone: `await store.snapshot()` + writing the gauges' text, for the
+      LocalStore and for a RedisStore filled with the same flags.
 The scraper itself creates one small counter file in the directory, as the worker answering a
 scrape would.
 """
@@ -213,13 +213,10 @@ def _pc_alone(directory: str) -> bytes:
 
 
 def _fleet_only(snapshot: Any, prefix: str) -> bytes:
-    from prometheus_client import CollectorRegistry, generate_latest
+    """The fleet gauges as a worker's scrape writes them."""
+    from flagmetrics.collector import fleet_text
 
-    from flagmetrics.collector import FleetCollector
-
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(FleetCollector(snapshot, prefix))
-    return bytes(generate_latest(registry))
+    return fleet_text(snapshot, prefix, openmetrics=False).encode()
 
 
 async def _fill_redis(store: Any, flags: int, writers: int) -> None:
@@ -501,8 +498,8 @@ def render(data: dict[str, Any], charts: Charts, verdicts: list[list[str]]) -> L
         "*(a)* prometheus_client alone = fresh CollectorRegistry + MultiProcessCollector + generate_latest; "
         "*(b)* `render_snapshot` = what flagmetrics' scrape does in its thread (same merge + fleet gauges, "
         "under the directory lock); *render* = the whole `await render(exporter)` (snapshot read + thread); "
-        "*(c)* fleet gauges alone = `await store.snapshot()` + rendering a registry holding only the "
-        "FleetCollector (the Redis store holds the same flags, 4 writers).",
+        "*(c)* fleet gauges alone = `await store.snapshot()` + writing the gauges' text (the Redis store "
+        "holds the same flags, 4 writers).",
         "",
         *table(
             [

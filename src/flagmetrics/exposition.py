@@ -11,7 +11,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import REGISTRY
 
-from flagmetrics.collector import FleetCollector
+from flagmetrics.collector import FleetCollector, fleet_text
 from flagmetrics.config import Settings
 from flagmetrics.exceptions import ConfigurationError, StoreError
 from flagmetrics.multiprocess import FilesCollector, metrics_lock
@@ -22,6 +22,8 @@ if TYPE_CHECKING:
     from flagmetrics.exporter import PrometheusExporter
 
 __all__ = ["ScrapeSource", "encode", "render", "render_snapshot"]
+
+_EOF = b"# EOF\n"
 
 
 async def render(exporter: PrometheusExporter, accept: str | None = None) -> tuple[bytes, str]:
@@ -59,15 +61,20 @@ def encode(
     `fleet_gauges` False, only the workers' metrics.
     """
     encoder, content_type = choose_encoder(accept or "")
-    fleet = FleetCollector(snapshot, prefix) if fleet_gauges else None
-    if multiprocess_path is None:
-        return encoder(_Joined(registry, fleet)), content_type
-    scrape = CollectorRegistry(auto_describe=False)
-    scrape.register(FilesCollector(multiprocess_path))
-    if fleet is not None:
-        scrape.register(fleet)
-    with metrics_lock(multiprocess_path):
-        return encoder(scrape), content_type
+    openmetrics = content_type.startswith("application/openmetrics-text")
+    if multiprocess_path is not None:
+        scrape = CollectorRegistry(auto_describe=False)
+        scrape.register(FilesCollector(multiprocess_path))
+        with metrics_lock(multiprocess_path):
+            body = encoder(scrape)
+    else:
+        body = encoder(registry if registry is not None else CollectorRegistry(auto_describe=False))
+    if not fleet_gauges:
+        return body, content_type
+    fleet = fleet_text(snapshot, prefix, openmetrics=openmetrics).encode()
+    if openmetrics:  # the fleet gauges go before the end marker
+        return body.removesuffix(_EOF) + fleet + _EOF, content_type
+    return body + fleet, content_type
 
 
 class ScrapeSource:
@@ -116,17 +123,3 @@ class ScrapeSource:
             return None
         finally:
             await store.close()
-
-
-class _Joined:
-    """Collect from a registry and the fleet collector, without registering anything."""
-
-    def __init__(self, registry: CollectorRegistry | None, fleet: FleetCollector | None) -> None:
-        self._registry = registry
-        self._fleet = fleet
-
-    def collect(self) -> Iterator[Metric]:
-        if self._registry is not None:
-            yield from self._registry.collect()
-        if self._fleet is not None:
-            yield from self._fleet.collect()

@@ -54,6 +54,7 @@ GROUPS: Final = 16
 """Groups of flags, each with its own hash tag: a flush or a scrape runs at most this many scripts a round."""
 
 _SLOTS: Final = 16384
+_REMEMBERED_FLAGS: Final = 100_000  # flags whose group and keys a layout keeps computed
 
 # Applies one worker batch to one group unless this (writer, seq) was applied to the group before,
 # so a retried flush after a lost reply never counts twice. Redis does not undo a script's writes
@@ -91,7 +92,7 @@ for f = 1, nflags do
   local hash, users = KEYS[1 + 2 * f], KEYS[2 + 2 * f]
   local flag, total, errors = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
   local seen, pin, n = tonumber(ARGV[i + 3]), ARGV[i + 4], tonumber(ARGV[i + 5])
-  redis.call('HINCRBY', hash, 'total', total)
+  if total > 0 then redis.call('HINCRBY', hash, 'total', total) end
   if errors > 0 then redis.call('HINCRBY', hash, 'errors', errors) end
   if seen > tonumber(redis.call('HGET', hash, 'seen') or '0') then redis.call('HSET', hash, 'seen', ARGV[i + 3]) end
   if pin ~= '' then redis.call('HSET', hash, 'pin', pin) end
@@ -116,14 +117,16 @@ _LIST_LUA = """
 return redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], '+inf')
 """
 
-# Reads each flag's figures at one moment: total, errors, seen, pin and the HyperLogLog's count.
+# Reads each flag's figures at one moment: total, errors, seen, pin ('' when missing) and the
+# HyperLogLog's count, five values per flag in one flat reply.
 # KEYS: per flag: its hash, its HyperLogLog.
 _READ_LUA = """
-local out = {}
-for f = 1, #KEYS / 2 do
-  local fields = redis.call('HMGET', KEYS[2 * f - 1], 'total', 'errors', 'seen', 'pin')
-  out[f] = {fields[1] or false, fields[2] or false, fields[3] or false, fields[4] or false,
-            redis.call('PFCOUNT', KEYS[2 * f])}
+local out, n = {}, 0
+for f = 1, #KEYS, 2 do
+  local fields = redis.call('HMGET', KEYS[f], 'total', 'errors', 'seen', 'pin')
+  out[n + 1], out[n + 2], out[n + 3], out[n + 4] = fields[1] or '', fields[2] or '', fields[3] or '', fields[4] or ''
+  out[n + 5] = redis.call('PFCOUNT', KEYS[f + 1])
+  n = n + 5
 end
 return out
 """
@@ -172,13 +175,13 @@ _TRANSIENT: Final = (
     RedisClusterException,  # no node reachable, slots not covered: the cluster is failing over or down
 )
 
-_Call = tuple[AsyncScript, list[str], list[Any]]
+_Call = tuple[AsyncScript, Sequence[str | bytes], Sequence[Any]]
 
 
 class KeyLayout:
     """Where each piece of a flag's fleet state lives: the group and hash tag of a flag, and its keys."""
 
-    __slots__ = ("_groups", "prefix", "tags")
+    __slots__ = ("_groups", "_keys", "prefix", "tags")
 
     def __init__(self, prefix: str) -> None:
         """Lay keys out under `prefix`, which must not hold `{` or `}` (they would move the hash tag)."""
@@ -188,6 +191,7 @@ class KeyLayout:
         self.tags: tuple[str, ...] = tuple(_spread_tag(prefix, group) for group in range(GROUPS))
         """The hash tag of each group, `{<prefix>:<n>}`, chosen so the groups fall in evenly spaced slots."""
         self._groups: dict[str, int] = {}
+        self._keys: dict[str, tuple[bytes, bytes]] = {}
 
     def group(self, flag_key: str) -> int:
         """The group of a flag: a hash of its key, the same in every process and release."""
@@ -195,7 +199,7 @@ class KeyLayout:
         if group is None:
             digest = hashlib.blake2b(flag_key.encode("utf-8", "surrogatepass"), digest_size=8).digest()
             group = int.from_bytes(digest, "little") % GROUPS
-            if len(self._groups) < 100_000:
+            if len(self._groups) < _REMEMBERED_FLAGS:
                 self._groups[flag_key] = group
         return group
 
@@ -206,6 +210,15 @@ class KeyLayout:
     def seq(self, group: int, writer: str) -> str:
         """The last batch of `writer` applied to a group."""
         return f"{self.tags[group]}:seq:{writer}"
+
+    def keys(self, flag_key: str) -> tuple[bytes, bytes]:
+        """A flag's hash and HyperLogLog keys, encoded (remembered: a scrape asks for every flag's)."""
+        keys = self._keys.get(flag_key)
+        if keys is None:
+            keys = (self.flag(flag_key).encode(), self.users(flag_key).encode())
+            if len(self._keys) < _REMEMBERED_FLAGS:
+                self._keys[flag_key] = keys
+        return keys
 
     def flag(self, flag_key: str) -> str:
         """The hash of a flag's counts, latest evaluation and pin."""
@@ -371,17 +384,21 @@ class RedisStore:
         listed = await self._run(
             [(self._list, [self._layout.flags(group)], [since]) for group in range(GROUPS)], "read the fleet state"
         )
-        names = [[_text(raw) for raw in flags] for flags in listed]
+        names = [[raw.decode("utf-8", "replace") for raw in flags] for flags in listed]
         calls: list[_Call] = [(self._read, self._flag_keys(flags), []) for flags in names if flags]
         replies = iter(await self._run(calls, "read the fleet state"))
         result: dict[str, FlagStats] = {}
         for flags in names:
             if not flags:
                 continue
-            for flag_key, (total, errors, seen, pin_json, users) in zip(flags, next(replies), strict=True):
-                stats = _stats(total, errors, seen, pin_json, users)
-                if stats is not None:
-                    result[flag_key] = stats
+            values = iter(next(replies))  # five per flag
+            rows = zip(flags, values, values, values, values, values, strict=True)
+            for flag_key, total, errors, seen, pin, users in rows:
+                if pin:
+                    result[flag_key] = _pinned(total, errors, seen, pin)
+                elif total and total != b"0":  # a flag with neither evaluations nor a pin is left out
+                    seen_s = float(seen) if seen else None
+                    result[flag_key] = FlagStats(int(total), int(errors or 0), users, None, seen_s)
         return Snapshot(flags=result)
 
     async def reset(self, flag_key: str | None = None) -> None:
@@ -407,10 +424,10 @@ class RedisStore:
         """Close the connections."""
         await self._client.aclose()
 
-    def _flag_keys(self, flags: Sequence[str]) -> list[str]:
-        keys: list[str] = []
+    def _flag_keys(self, flags: Sequence[str]) -> list[bytes]:
+        keys: list[bytes] = []
         for flag_key in flags:
-            keys += (self._layout.flag(flag_key), self._layout.users(flag_key))
+            keys += self._layout.keys(flag_key)
         return keys
 
     async def _run(self, calls: Sequence[_Call], doing: str, *, refusals: bool = False) -> list[Any]:
@@ -557,17 +574,15 @@ def _text(raw: bytes | str) -> str:
     return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
 
 
-def _stats(total: Any, errors: Any, seen: Any, pin_json: Any, users: Any) -> FlagStats | None:
-    """A flag's figures from its hash fields; None for a flag with neither evaluations nor a pin."""
+def _pinned(total: bytes, errors: bytes, seen: bytes, pin_json: bytes) -> FlagStats:
+    """The figures of a flag whose gauges are pinned."""
     pin = _pin(pin_json)
-    count = int(total or 0)
-    if not count and pin is None:
-        return None
+    assert pin is not None
     return FlagStats(
-        total=count,
+        total=int(total or 0),
         errors=int(errors or 0),
-        unique_users=pin.unique_users if pin else int(users),
-        pinned_error_rate=pin.error_rate if pin else None,
+        unique_users=pin.unique_users,
+        pinned_error_rate=pin.error_rate,
         last_evaluated_s=float(seen) if seen else None,
     )
 
