@@ -7,13 +7,14 @@ A flag key only ever follows the tag, so it cannot change the slot, and it is al
 of a key, after a fixed kind, so no two flags' keys (nor a flag's and a group's) can collide.
 
 Per group: `{t}:flags`, a sorted set of the group's flags scored by their last write (Unix seconds);
-`{t}:seq:<writer>`, the last batch of that writer applied to the group. Per flag: `{t}:f:<flag>`, a
-hash of `total`, `errors`, `seen` (the latest evaluation, Unix seconds) and `pin`; `{t}:u:<flag>`,
-the HyperLogLog of its users' digests.
+`{t}:counts`, a hash with each flag's `total:<flag>`, `errors:<flag>`, `seen:<flag>` (the latest
+evaluation, Unix seconds) and `pin:<flag>`; `{t}:seq:<writer>`, the last batch of that writer
+applied to the group. Per flag: `{t}:u:<flag>`, the HyperLogLog of its users' digests.
 
-A flush runs one script per group it touches; a scrape runs two per group (list the flags, then
-read them). On a single node all of a round's scripts go in one pipeline (one round trip); on a
-cluster they run concurrently, each routed by redis-py's cluster client to its slot's master.
+A flush runs one script per group it touches; a scrape runs two per group (list the flags with the
+group's counts, then count each flag's users). On a single node all of a round's scripts go in
+one pipeline (one round trip); on a cluster they run concurrently, each routed by redis-py's
+cluster client to its slot's master.
 """
 
 from __future__ import annotations
@@ -58,10 +59,11 @@ _REMEMBERED_FLAGS: Final = 100_000  # flags whose group and keys a layout keeps 
 
 # Applies one worker batch to one group unless this (writer, seq) was applied to the group before,
 # so a retried flush after a lost reply never counts twice. Redis does not undo a script's writes
-# when it fails half-way, so everything that can fail comes first: the types of the flags' hashes
-# are checked, then the PFADDs run (a key that is not a HyperLogLog fails there, and adding members
-# again on a retry is harmless), and only then are counts added.
-# KEYS: seq key, flags sorted set, then per flag: its hash, its HyperLogLog.
+# when it fails half-way, so everything that can fail comes first: the type of the group's counts
+# hash is checked, then the PFADDs run (a key that is not a HyperLogLog fails there, and adding
+# members again on a retry is harmless), and only then are counts added. With a retention, flags
+# nobody wrote to for that long leave the group's index and counts (their HyperLogLogs expire).
+# KEYS: seq key, flags sorted set, counts hash, then per flag its HyperLogLog.
 # ARGV: seq, seq ttl (s), retention (s, 0: keep), now (Unix s), number of flags, then per flag:
 #       flag key, total, errors, seen (Unix s, 0: none), pin (JSON or ''), member count, members...
 _APPLY_LUA = """
@@ -69,11 +71,9 @@ local seq = tonumber(ARGV[1])
 local last = tonumber(redis.call('GET', KEYS[1]) or '-1')
 if seq <= last then return 0 end
 local retention, now, nflags = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-for f = 1, nflags do
-  local kind = redis.call('TYPE', KEYS[1 + 2 * f]).ok
-  if kind ~= 'none' and kind ~= 'hash' then
-    return redis.error_reply('WRONGTYPE ' .. KEYS[1 + 2 * f] .. ' holds a ' .. kind .. ', not a hash')
-  end
+local kind = redis.call('TYPE', KEYS[3]).ok
+if kind ~= 'none' and kind ~= 'hash' then
+  return redis.error_reply('WRONGTYPE ' .. KEYS[3] .. ' holds a ' .. kind .. ', not a hash')
 end
 local i = 6
 for f = 1, nflags do
@@ -82,76 +82,78 @@ for f = 1, nflags do
   local done = 0
   while done < n do
     local step = math.min(n - done, 512)
-    redis.call('PFADD', KEYS[2 + 2 * f], unpack(ARGV, i + done, i + done + step - 1))
+    redis.call('PFADD', KEYS[3 + f], unpack(ARGV, i + done, i + done + step - 1))
     done = done + step
   end
   i = i + n
 end
 i = 6
 for f = 1, nflags do
-  local hash, users = KEYS[1 + 2 * f], KEYS[2 + 2 * f]
   local flag, total, errors = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
   local seen, pin, n = tonumber(ARGV[i + 3]), ARGV[i + 4], tonumber(ARGV[i + 5])
-  if total > 0 then redis.call('HINCRBY', hash, 'total', total) end
-  if errors > 0 then redis.call('HINCRBY', hash, 'errors', errors) end
-  if seen > tonumber(redis.call('HGET', hash, 'seen') or '0') then redis.call('HSET', hash, 'seen', ARGV[i + 3]) end
-  if pin ~= '' then redis.call('HSET', hash, 'pin', pin) end
-  redis.call('ZADD', KEYS[2], now, flag)
-  if retention > 0 then
-    redis.call('EXPIRE', hash, retention)
-    redis.call('EXPIRE', users, retention)
+  if total > 0 then redis.call('HINCRBY', KEYS[3], 'total:' .. flag, total) end
+  if errors > 0 then redis.call('HINCRBY', KEYS[3], 'errors:' .. flag, errors) end
+  if seen > tonumber(redis.call('HGET', KEYS[3], 'seen:' .. flag) or '0') then
+    redis.call('HSET', KEYS[3], 'seen:' .. flag, ARGV[i + 3])
   end
+  if pin ~= '' then redis.call('HSET', KEYS[3], 'pin:' .. flag, pin) end
+  redis.call('ZADD', KEYS[2], now, flag)
+  if retention > 0 then redis.call('EXPIRE', KEYS[3 + f], retention) end
   i = i + 6 + n
 end
 if retention > 0 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. (now - retention))
+  local cutoff = '(' .. (now - retention)
+  for _, flag in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', cutoff)) do
+    redis.call('HDEL', KEYS[3], 'total:' .. flag, 'errors:' .. flag, 'seen:' .. flag, 'pin:' .. flag)
+  end
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', cutoff)
   redis.call('EXPIRE', KEYS[2], retention)
+  redis.call('EXPIRE', KEYS[3], retention)
 end
 redis.call('SET', KEYS[1], seq, 'EX', tonumber(ARGV[2]))
 return 1
 """
 
-# Lists a group's flags written since `since` (ARGV[1], Unix s; 0: all).
-# KEYS: the group's flags sorted set.
+# Lists a group's flags written since `since` (ARGV[1], Unix s; 0: all), with every field of the
+# group's counts hash, read at one moment: {flags, {field, value, field, value...}}.
+# KEYS: the group's flags sorted set, its counts hash.
 _LIST_LUA = """
-return redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], '+inf')
+return {redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], '+inf'), redis.call('HGETALL', KEYS[2])}
 """
 
-# Reads each flag's figures at one moment: total, errors, seen, pin ('' when missing) and the
-# HyperLogLog's count, five values per flag in one flat reply.
-# KEYS: per flag: its hash, its HyperLogLog.
-_READ_LUA = """
-local out, n = {}, 0
-for f = 1, #KEYS, 2 do
-  local fields = redis.call('HMGET', KEYS[f], 'total', 'errors', 'seen', 'pin')
-  out[n + 1], out[n + 2], out[n + 3], out[n + 4] = fields[1] or '', fields[2] or '', fields[3] or '', fields[4] or ''
-  out[n + 5] = redis.call('PFCOUNT', KEYS[f + 1])
-  n = n + 5
-end
-return out
+# Counts the users of each flag: PFCOUNT of each HyperLogLog given, in order.
+# KEYS: the flags' HyperLogLogs.
+_COUNT_LUA = """
+local counts = {}
+for f = 1, #KEYS do counts[f] = redis.call('PFCOUNT', KEYS[f]) end
+return counts
 """
 
-# Deletes the keys given and removes the flags named from the group's sorted set.
-# KEYS: the group's flags sorted set, then the flags' keys. ARGV: the flag keys.
+# Forgets the flags named: their fields in the group's counts hash, their HyperLogLogs (the keys
+# given after the first two) and their place in the group's sorted set.
+# KEYS: the group's flags sorted set, its counts hash, then the flags' HyperLogLogs. ARGV: the flag keys.
 _FORGET_LUA = """
-if #KEYS > 1 then redis.call('DEL', unpack(KEYS, 2)) end
+for _, flag in ipairs(ARGV) do
+  redis.call('HDEL', KEYS[2], 'total:' .. flag, 'errors:' .. flag, 'seen:' .. flag, 'pin:' .. flag)
+end
+if #KEYS > 2 then redis.call('DEL', unpack(KEYS, 3)) end
 if #ARGV > 0 then redis.call('ZREM', KEYS[1], unpack(ARGV)) end
 return #ARGV
 """
 
 # Moves one flag from the layout of flagmetrics 0.1 (single node only: three hashes and a
 # HyperLogLog per flag, outside any hash tag) into its group, adding to what is there already.
-# KEYS: old totals, old errors, old pins, old HyperLogLog, flags sorted set, flag hash, flag HyperLogLog.
+# KEYS: old totals, old errors, old pins, old HyperLogLog, flags sorted set, counts hash, flag HyperLogLog.
 # ARGV: flag key, now (Unix s).
 _MIGRATE_LUA = """
 local flag = ARGV[1]
 local total = redis.call('HGET', KEYS[1], flag)
 local pin = redis.call('HGET', KEYS[3], flag)
 if not total and not pin then return 0 end
-if total then redis.call('HINCRBY', KEYS[6], 'total', total) end
+if total then redis.call('HINCRBY', KEYS[6], 'total:' .. flag, total) end
 local errors = redis.call('HGET', KEYS[2], flag)
-if errors then redis.call('HINCRBY', KEYS[6], 'errors', errors) end
-if pin and redis.call('HEXISTS', KEYS[6], 'pin') == 0 then redis.call('HSET', KEYS[6], 'pin', pin) end
+if errors then redis.call('HINCRBY', KEYS[6], 'errors:' .. flag, errors) end
+if pin and redis.call('HEXISTS', KEYS[6], 'pin:' .. flag) == 0 then redis.call('HSET', KEYS[6], 'pin:' .. flag, pin) end
 if redis.call('EXISTS', KEYS[4]) == 1 then
   redis.call('PFMERGE', KEYS[7], KEYS[7], KEYS[4])
   redis.call('DEL', KEYS[4])
@@ -191,7 +193,7 @@ class KeyLayout:
         self.tags: tuple[str, ...] = tuple(_spread_tag(prefix, group) for group in range(GROUPS))
         """The hash tag of each group, `{<prefix>:<n>}`, chosen so the groups fall in evenly spaced slots."""
         self._groups: dict[str, int] = {}
-        self._keys: dict[str, tuple[bytes, bytes]] = {}
+        self._keys: dict[str, bytes] = {}
 
     def group(self, flag_key: str) -> int:
         """The group of a flag: a hash of its key, the same in every process and release."""
@@ -211,22 +213,22 @@ class KeyLayout:
         """The last batch of `writer` applied to a group."""
         return f"{self.tags[group]}:seq:{writer}"
 
-    def keys(self, flag_key: str) -> tuple[bytes, bytes]:
-        """A flag's hash and HyperLogLog keys, encoded (remembered: a scrape asks for every flag's)."""
-        keys = self._keys.get(flag_key)
-        if keys is None:
-            keys = (self.flag(flag_key).encode(), self.users(flag_key).encode())
-            if len(self._keys) < _REMEMBERED_FLAGS:
-                self._keys[flag_key] = keys
-        return keys
-
-    def flag(self, flag_key: str) -> str:
-        """The hash of a flag's counts, latest evaluation and pin."""
-        return f"{self.tags[self.group(flag_key)]}:f:{flag_key}"
+    def counts(self, group: int) -> str:
+        """The hash of a group's counts: `total:<flag>`, `errors:<flag>`, `seen:<flag>`, `pin:<flag>`."""
+        return f"{self.tags[group]}:counts"
 
     def users(self, flag_key: str) -> str:
         """The HyperLogLog of a flag's users."""
         return f"{self.tags[self.group(flag_key)]}:u:{flag_key}"
+
+    def users_encoded(self, flag_key: str) -> bytes:
+        """The HyperLogLog key of a flag, encoded (remembered: a scrape asks for every flag's)."""
+        key = self._keys.get(flag_key)
+        if key is None:
+            key = self.users(flag_key).encode()
+            if len(self._keys) < _REMEMBERED_FLAGS:
+                self._keys[flag_key] = key
+        return key
 
 
 def _spread_tag(prefix: str, group: int) -> str:
@@ -266,7 +268,7 @@ class RedisStore:
         self._retention_s = retention_s
         self._apply = client.register_script(_APPLY_LUA)
         self._list = client.register_script(_LIST_LUA)
-        self._read = client.register_script(_READ_LUA)
+        self._count = client.register_script(_COUNT_LUA)
         self._forget = client.register_script(_FORGET_LUA)
         self._migrate = client.register_script(_MIGRATE_LUA)
         self._next_layout_check = 0.0
@@ -355,10 +357,10 @@ class RedisStore:
         calls: list[_Call] = []
         events: list[int] = []
         for group, flags in sorted(entries.items()):
-            keys = [self._layout.seq(group, batch.writer), self._layout.flags(group)]
+            keys = [self._layout.seq(group, batch.writer), self._layout.flags(group), self._layout.counts(group)]
             args: list[Any] = [batch.seq, self._seq_ttl_s, self._retention_s or 0, now, len(flags)]
             for flag_key, delta, pin in flags:
-                keys += (self._layout.flag(flag_key), self._layout.users(flag_key))
+                keys.append(self._layout.users(flag_key))
                 members = delta.members if delta is not None else ()
                 args += (
                     flag_key,
@@ -378,28 +380,47 @@ class RedisStore:
             raise StoreError(str(refused[0][1]), transient=False, refused_events=sum(n for n, _ in refused))
 
     async def snapshot(self) -> Snapshot:
-        """Read every flag in two rounds of one script per group, whatever the number of flags."""
+        """Read every flag in two rounds of one script per group, whatever the number of flags.
+
+        The first lists each group's flags with its counts (one moment per group, so each flag's
+        error rate is consistent); the second counts their users.
+        """
         await self._upgrade_layout()
         since = time.time() - self._retention_s if self._retention_s else 0
-        listed = await self._run(
-            [(self._list, [self._layout.flags(group)], [since]) for group in range(GROUPS)], "read the fleet state"
-        )
-        names = [[raw.decode("utf-8", "replace") for raw in flags] for flags in listed]
-        calls: list[_Call] = [(self._read, self._flag_keys(flags), []) for flags in names if flags]
-        replies = iter(await self._run(calls, "read the fleet state"))
+        groups = await self._list_groups(since)
+        names = [[raw.decode("utf-8", "replace") for raw in flags] for flags, _ in groups]
+        calls: list[_Call] = [
+            (self._count, [self._layout.users_encoded(flag) for flag in flags], []) for flags in names if flags
+        ]
+        counted = iter(await self._run(calls, "read the fleet state"))
         result: dict[str, FlagStats] = {}
-        for flags in names:
+        for (raws, counts), flags in zip(groups, names, strict=True):
             if not flags:
                 continue
-            values = iter(next(replies))  # five per flag
-            rows = zip(flags, values, values, values, values, values, strict=True)
-            for flag_key, total, errors, seen, pin, users in rows:
-                if pin:
-                    result[flag_key] = _pinned(total, errors, seen, pin)
-                elif total and total != b"0":  # a flag with neither evaluations nor a pin is left out
-                    seen_s = float(seen) if seen else None
-                    result[flag_key] = FlagStats(int(total), int(errors or 0), users, None, seen_s)
+            for raw, flag_key, users in zip(raws, flags, next(counted), strict=True):
+                total, pin = counts.get(b"total:" + raw), counts.get(b"pin:" + raw)
+                if not total and not pin:  # a flag with neither evaluations nor a pin is left out
+                    continue
+                seen = counts.get(b"seen:" + raw)
+                result[flag_key] = FlagStats(
+                    total=int(total or 0),
+                    errors=int(counts.get(b"errors:" + raw) or 0),
+                    unique_users=_pin_users(pin, users) if pin else users,
+                    pinned_error_rate=_pin_rate(pin) if pin else None,
+                    last_evaluated_s=float(seen) if seen else None,
+                )
         return Snapshot(flags=result)
+
+    async def _list_groups(self, since: float) -> list[tuple[list[bytes], dict[bytes, bytes]]]:
+        """Each group's flags written since `since` (Unix s), with its counts hash by field, as Redis has them."""
+        calls: list[_Call] = [
+            (self._list, [self._layout.flags(group), self._layout.counts(group)], [since]) for group in range(GROUPS)
+        ]
+        groups = []
+        for flags, fields in await self._run(calls, "read the fleet state"):
+            fields_iter = iter(fields)
+            groups.append((list(flags), dict(zip(fields_iter, fields_iter, strict=True))))
+        return groups
 
     async def reset(self, flag_key: str | None = None) -> None:
         """Delete one flag's state, or every flag's (listing each group's flags first)."""
@@ -409,12 +430,13 @@ class RedisStore:
                 [flag_key] if group == self._layout.group(flag_key) else [] for group in range(GROUPS)
             ]
         else:
-            listed = await self._run(
-                [(self._list, [self._layout.flags(group)], [0]) for group in range(GROUPS)], "read the fleet state"
-            )
-            names = [[_text(raw) for raw in flags] for flags in listed]
+            names = [[raw.decode("utf-8", "replace") for raw in flags] for flags, _ in await self._list_groups(0)]
         calls: list[_Call] = [
-            (self._forget, [self._layout.flags(group), *self._flag_keys(flags)], list(flags))
+            (
+                self._forget,
+                [self._layout.flags(group), self._layout.counts(group), *map(self._layout.users, flags)],
+                list(flags),
+            )
             for group, flags in enumerate(names)
             if flags
         ]
@@ -423,12 +445,6 @@ class RedisStore:
     async def close(self) -> None:
         """Close the connections."""
         await self._client.aclose()
-
-    def _flag_keys(self, flags: Sequence[str]) -> list[bytes]:
-        keys: list[bytes] = []
-        for flag_key in flags:
-            keys += self._layout.keys(flag_key)
-        return keys
 
     async def _run(self, calls: Sequence[_Call], doing: str, *, refusals: bool = False) -> list[Any]:
         """Run scripts: in one pipeline on a single node, concurrently on a cluster; raise `StoreError`.
@@ -477,7 +493,7 @@ class RedisStore:
         for _ in range(2):
             if not self._scripts_loaded:
                 await client.initialize()
-                for script in (self._apply, self._list, self._read, self._forget):
+                for script in (self._apply, self._list, self._count, self._forget):
                     await client.script_load(script.script)
                 self._scripts_loaded = True
             replies = await asyncio.gather(
@@ -533,8 +549,9 @@ class RedisStore:
             totals, pins = await client.hkeys(old[0]), await client.hkeys(old[2])
             calls: list[_Call] = []
             for flag_key in sorted({_text(raw) for raw in (*totals, *pins)}):
-                keys = [*old, f"{prefix}:hll:{flag_key}", self._layout.flags(self._layout.group(flag_key))]
-                keys += (self._layout.flag(flag_key), self._layout.users(flag_key))
+                group = self._layout.group(flag_key)
+                keys = [*old, f"{prefix}:hll:{flag_key}", self._layout.flags(group), self._layout.counts(group)]
+                keys.append(self._layout.users(flag_key))
                 calls.append((self._migrate, keys, [flag_key, time.time()]))
             for reply in await self._pipelined(calls):
                 if isinstance(reply, BaseException):
@@ -574,17 +591,16 @@ def _text(raw: bytes | str) -> str:
     return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
 
 
-def _pinned(total: bytes, errors: bytes, seen: bytes, pin_json: bytes) -> FlagStats:
-    """The figures of a flag whose gauges are pinned."""
+def _pin_users(pin_json: bytes | None, counted: int) -> int:
+    """The unique users a scrape shows: the pinned figure, else the HyperLogLog's count."""
     pin = _pin(pin_json)
-    assert pin is not None
-    return FlagStats(
-        total=int(total or 0),
-        errors=int(errors or 0),
-        unique_users=pin.unique_users,
-        pinned_error_rate=pin.error_rate,
-        last_evaluated_s=float(seen) if seen else None,
-    )
+    return pin.unique_users if pin is not None else counted
+
+
+def _pin_rate(pin_json: bytes | None) -> float | None:
+    """The pinned error rate, or None."""
+    pin = _pin(pin_json)
+    return pin.error_rate if pin is not None else None
 
 
 def _pin(raw: bytes | str | None) -> Pin | None:
