@@ -60,7 +60,7 @@ async def _fleet_gauges_ms(store: Any) -> tuple[float, float, int]:
 
 
 def _memory_per_flag(clients: list[Any], layout: Any, flags: list[str]) -> dict[str, float]:
-    """Bytes per flag by MEMORY USAGE: its hash, its HyperLogLog, and its share of the groups' keys."""
+    """Bytes per flag by MEMORY USAGE: its HyperLogLog, and its share of its group's index and counts."""
     import redis
 
     def usage(key: str) -> int:
@@ -73,14 +73,14 @@ def _memory_per_flag(clients: list[Any], layout: Any, flags: list[str]) -> dict[
                 return int(value)
         return 0
 
-    hashes = [usage(layout.flag(f)) for f in flags]
     users = [usage(layout.users(f)) for f in flags]
-    shared = sum(usage(layout.flags(g)) for g in range(len(layout.tags)))
+    counts = sum(usage(layout.counts(g)) for g in range(len(layout.tags)))
+    index = sum(usage(layout.flags(g)) for g in range(len(layout.tags)))
     return {
-        "hash_bytes": sum(hashes) / len(flags),
+        "counts_bytes": counts / len(flags),
         "users_bytes": sum(users) / len(flags),
-        "index_bytes": shared / len(flags),
-        "total_bytes": (sum(hashes) + sum(users) + shared) / len(flags),
+        "index_bytes": index / len(flags),
+        "total_bytes": (counts + sum(users) + index) / len(flags),
     }
 
 
@@ -285,12 +285,18 @@ def render(data: dict[str, Any], charts: Charts, verdicts: list[list[str]]) -> L
         + ". On a single node the same scripts go in one pipeline: one round trip.",
         "",
         *table(
-            ["a flag with", "its hash B", "its HyperLogLog B", "its share of the groups' index B", "total B"],
+            [
+                "a flag with",
+                "its HyperLogLog B",
+                "its share of the counts hashes B",
+                "of the groups' index B",
+                "total B",
+            ],
             [
                 [
                     f"{memory[kind + '_users']:,} users ({kind})",
-                    fmt(memory[kind]["hash_bytes"], 0),
                     fmt(memory[kind]["users_bytes"], 0),
+                    fmt(memory[kind]["counts_bytes"], 0),
                     fmt(memory[kind]["index_bytes"], 0),
                     fmt(memory[kind]["total_bytes"], 0),
                 ]
