@@ -21,16 +21,17 @@ again on every evaluation, under the lock, and still counted under its capped se
 class Series:
     """What `record()` touches for one admitted label triple: everything resolved in advance."""
 
-    __slots__ = ("_error_codes", "_errors", "count", "duration", "flag", "flag_key", "is_error", "overflow")
+    __slots__ = ("_error_codes", "_errors", "count", "duration", "flag", "flag_key", "is_error")
 
     def __init__(self, labels: Labels, metrics: Metrics, flag: FlagBuffer, overflow: Any | None) -> None:
         self.flag_key = labels.flag_key
-        self.count = metrics.evaluations.labels(*labels)
+        evaluations = metrics.evaluations.labels(*labels)
+        self.count: Any = evaluations if overflow is None else _Both(evaluations, overflow)
+        """What counts one evaluation: the evaluations counter child, and the overflow counter's when a
+        cap put the evaluation under `__overflow__`."""
         self.duration = metrics.duration.labels(labels.flag_key)
         self.flag = flag
         self.is_error = labels.reason == ERROR
-        self.overflow = overflow
-        """The overflow counter child to increase with each evaluation, when a cap put it here."""
         self._errors = metrics.errors
         self._error_codes: dict[str | None, Any] = {}
 
@@ -40,6 +41,20 @@ class Series:
         if child is None:
             child = self._error_codes[code] = self._errors.labels(self.flag_key, code or "GENERAL")
         return child
+
+
+class _Both:
+    """Two counter children increased together."""
+
+    __slots__ = ("_first", "_second")
+
+    def __init__(self, first: Any, second: Any) -> None:
+        self._first = first
+        self._second = second
+
+    def inc(self) -> None:
+        self._first.inc()
+        self._second.inc()
 
 
 class Admission:

@@ -202,8 +202,6 @@ class PrometheusExporter:
                 series.duration.observe(duration_s)
             if series.is_error:
                 series.error(error_code).inc()
-            if series.overflow is not None:
-                series.overflow.inc()
             if not self._buffer.add(series.flag, series.is_error, user):
                 self._dropped.inc()
             if self._start_pending:
