@@ -185,8 +185,9 @@ def test_snapshot_takes_the_same_round_trips_for_10_and_500_flags(
     assert small_trips == large_trips == 2
     assert small["evalsha"] <= large["evalsha"] == 2 * GROUPS
     assert small["zrangebyscore"] == large["zrangebyscore"] == GROUPS
-    # Only the reads of each flag grow with the number of flags.
-    assert small["hgetall"] == large["hgetall"] == GROUPS
+    # Only the reads of each flag grow with the number of flags; the window figures computed by the
+    # warm-up scrape are read with the counts (two HGETALLs per group), not computed again.
+    assert small["hgetall"] == large["hgetall"] == 2 * GROUPS
     assert (small["pfcount"], large["pfcount"]) == (10, 500)
     assert set(large - small) == {"evalsha", "pfcount"}
 

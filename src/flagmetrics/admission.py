@@ -21,7 +21,7 @@ again on every evaluation, under the lock, and still counted under its capped se
 class Series:
     """What `record()` touches for one admitted label triple: everything resolved in advance."""
 
-    __slots__ = ("_error_codes", "_errors", "count", "duration", "flag", "flag_key", "is_error")
+    __slots__ = ("_error_codes", "_errors", "count", "duration", "exposure", "flag", "flag_key", "is_error")
 
     def __init__(self, labels: Labels, metrics: Metrics, flag: FlagBuffer, overflow: Any | None) -> None:
         self.flag_key = labels.flag_key
@@ -32,6 +32,8 @@ class Series:
         self.duration = metrics.duration.labels(labels.flag_key)
         self.flag = flag
         self.is_error = labels.reason == ERROR
+        self.exposure = labels.variant if labels.variant and not self.is_error else None
+        """The variant a user is counted as exposed to: None for ERROR and variant-less evaluations."""
         self._errors = metrics.errors
         self._error_codes: dict[str | None, Any] = {}
 

@@ -20,21 +20,36 @@ DIGEST_SIZE = 8
 
 def digest_users(keys: Iterable[str], hash_key: bytes) -> frozenset[bytes]:
     """Hash user ids to fixed-length digests (BLAKE2b, keyed with `hash_key` when given)."""
+    return frozenset(_digests(keys, hash_key).values())
+
+
+def _digests(keys: Iterable[str], hash_key: bytes) -> dict[str, bytes]:
     blake = hashlib.blake2b
-    return frozenset(
-        blake(key.encode("utf-8", "surrogatepass"), digest_size=DIGEST_SIZE, key=hash_key).digest() for key in keys
-    )
+    return {
+        key: blake(key.encode("utf-8", "surrogatepass"), digest_size=DIGEST_SIZE, key=hash_key).digest() for key in keys
+    }
+
+
+def _delta(
+    total: int, errors: int, users: set[str], variants: dict[str, set[str]], hash_key: bytes, now: float
+) -> FlagDelta:
+    """A flag's share of a batch: its users hashed once, each variant's users taken from the same digests."""
+    digests = _digests(users, hash_key)
+    exposed = {variant: frozenset(digests[user] for user in served) for variant, served in variants.items()}
+    return FlagDelta(total, errors, frozenset(digests.values()), now if total else 0.0, exposed)
 
 
 class FlagBuffer:
     """One flag's evaluations since the last cut; `record()` updates it in place."""
 
-    __slots__ = ("errors", "total", "users")
+    __slots__ = ("errors", "total", "users", "variants")
 
     def __init__(self) -> None:
         self.total = 0
         self.errors = 0
         self.users: set[str] = set()
+        self.variants: dict[str, set[str]] = {}
+        """The users served each variant (a subset of `users`; no ERROR or variant-less evaluation)."""
 
 
 class Buffer:
@@ -68,19 +83,28 @@ class Buffer:
                 buf = self.flags[flag_key] = FlagBuffer()
             return buf
 
-    def add(self, flag: FlagBuffer, error: bool, user: str | None) -> bool:
-        """Count one evaluation of `flag` and buffer its user; False when the user had to be dropped."""
+    def add(self, flag: FlagBuffer, error: bool, user: str | None, variant: str | None = None) -> bool:
+        """Count one evaluation of `flag` and buffer its user (and the variant it was served, if any).
+
+        False when the user had to be dropped.
+        """
         with self._lock:
             flag.total += 1
             if error:
                 flag.errors += 1
-            if user is None or user in flag.users:
+            if user is None:
                 return True
-            if self.room > 0:
+            if user not in flag.users:
+                if self.room <= 0:
+                    return False
                 flag.users.add(user)
                 self.room -= 1
-                return True
-            return False
+            if variant is not None:
+                served = flag.variants.get(variant)
+                if served is None:
+                    served = flag.variants[variant] = set()
+                served.add(user)
+            return True
 
     def pin(self, flag_key: str, pin: Pin) -> None:
         """Queue figures that replace a flag's computed gauges."""
@@ -107,6 +131,7 @@ class Buffer:
                 self.room += len(buf.users)
                 buf.total = buf.errors = 0
                 buf.users = set()
+                buf.variants = {}
         if flag_key is None:
             self._pins.clear()
         else:
@@ -120,15 +145,16 @@ class Buffer:
 
     def cut(self, hash_key: bytes = b"") -> Batch | None:
         """Move the buffered evaluations into a new in-flight batch, user ids hashed; None if empty."""
-        taken: list[tuple[str, int, int, set[str]]] = []
+        taken: list[tuple[str, int, int, set[str], dict[str, set[str]]]] = []
         with self._lock:
             if self._in_flight is not None:
                 raise RuntimeError("a batch is already in flight; deliver it before cutting another")
             for key, buf in self.flags.items():
                 if buf.total or buf.users:
-                    taken.append((key, buf.total, buf.errors, buf.users))
+                    taken.append((key, buf.total, buf.errors, buf.users, buf.variants))
                     buf.total = buf.errors = 0
                     buf.users = set()
+                    buf.variants = {}
             pins, self._pins = self._pins, {}
             if not taken and not pins:
                 return None
@@ -136,10 +162,10 @@ class Buffer:
             seq = self._seq
         # Hash outside the lock: the sets taken are no longer reachable from record().
         now = time.time()
-        deltas = {key: FlagDelta(t, e, digest_users(users, hash_key), now if t else 0.0) for key, t, e, users in taken}
+        deltas = {key: _delta(t, e, users, variants, hash_key, now) for key, t, e, users, variants in taken}
         batch = Batch(writer=self.writer, seq=seq, flags=deltas, pins=pins)
         with self._lock:
-            self._in_flight = (batch, sum(len(users) for *_, users in taken))
+            self._in_flight = (batch, sum(len(users) for _, _, _, users, _ in taken))
         return batch
 
     def delivered(self) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from flagmetrics.exceptions import ConfigurationError
+from flagmetrics.windows import DEFAULT_WINDOWS, Window, parse_windows
 
 __all__ = ["Settings", "metric_prefix", "redact_url"]
 
@@ -60,6 +61,10 @@ class Settings:
     fleet_gauges: bool = True
     """Put the fleet gauges in every scrape; turn off where `flagmetrics serve` exports them once."""
 
+    windows: str = DEFAULT_WINDOWS
+    """Trailing windows of the recent-users gauges: durations with a unit s, m, h or d, at least 10s,
+    separated by commas; `off` for none."""
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Read `FLAGMETRICS_*` variables, then apply explicit overrides that are not None."""
@@ -106,9 +111,15 @@ class Settings:
             raise ConfigurationError(
                 "`redis_cluster` needs `redis_url` (FLAGMETRICS_REDIS_URL) naming a node of the cluster"
             )
+        parse_windows(self.windows, setting="FLAGMETRICS_WINDOWS")
         retention = self.retention_s
         if retention is not None and (isinstance(retention, bool) or not isinstance(retention, int) or retention < 1):
             raise ConfigurationError(f"`retention_s` must be a positive whole number of seconds, got {retention!r}")
+
+    @property
+    def trailing_windows(self) -> tuple[Window, ...]:
+        """The windows of `windows`, parsed."""
+        return parse_windows(self.windows, setting="FLAGMETRICS_WINDOWS")
 
     def with_(self, **changes: Any) -> Settings:
         """Return a copy with the fields given changed, validated."""

@@ -202,7 +202,7 @@ class PrometheusExporter:
                 series.duration.observe(duration_s)
             if series.is_error:
                 series.error(error_code).inc()
-            if not self._buffer.add(series.flag, series.is_error, user):
+            if not self._buffer.add(series.flag, series.is_error, user, series.exposure):
                 self._dropped.inc()
             if self._start_pending:
                 self._start()

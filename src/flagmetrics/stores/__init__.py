@@ -11,7 +11,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from flagmetrics.config import Settings
-from flagmetrics.stores.base import Batch, FlagDelta, FlagStats, Pin, Snapshot, Store, snapshot_within
+from flagmetrics.stores.base import Batch, FlagDelta, FlagStats, Pin, Snapshot, Store, WindowStats, snapshot_within
 from flagmetrics.stores.local import LocalStore
 
 if TYPE_CHECKING:
@@ -26,6 +26,7 @@ __all__ = [
     "RedisStore",
     "Snapshot",
     "Store",
+    "WindowStats",
     "default_store",
     "snapshot_within",
 ]
@@ -41,8 +42,9 @@ def default_store(settings: Settings, multiprocess_dir: str | None) -> Store:
             cluster=settings.redis_cluster,
             key_prefix=settings.key_prefix,
             retention_s=settings.retention_s,
+            windows=settings.windows,
         )
-    return LocalStore(multiprocess_dir)
+    return LocalStore(multiprocess_dir, windows=settings.windows)
 
 
 def __getattr__(name: str) -> Any:

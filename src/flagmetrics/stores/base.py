@@ -9,7 +9,7 @@ from typing import Protocol, runtime_checkable
 
 from flagmetrics.exceptions import StoreError
 
-__all__ = ["Batch", "FlagDelta", "FlagStats", "Pin", "Snapshot", "Store", "snapshot_within"]
+__all__ = ["Batch", "FlagDelta", "FlagStats", "Pin", "Snapshot", "Store", "WindowStats", "snapshot_within"]
 
 
 @dataclass(slots=True)
@@ -22,6 +22,9 @@ class FlagDelta:
     seen: float = 0.0
     """When the worker took these evaluations from its buffer (Unix seconds): the latest of them
     happened at most one flush interval earlier. 0 when unknown."""
+    variants: Mapping[str, frozenset[bytes]] = field(default_factory=dict)
+    """The digests of the users served each variant (a subset of `members`; ERROR and variant-less
+    evaluations excluded)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +57,14 @@ class Batch:
 
 
 @dataclass(frozen=True, slots=True)
+class WindowStats:
+    """A flag's distinct users in one trailing window, fleet-wide: in all, and per variant served."""
+
+    users: int
+    variants: Mapping[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
 class FlagStats:
     """A flag's fleet-wide figures at one moment."""
 
@@ -63,6 +74,8 @@ class FlagStats:
     pinned_error_rate: float | None = None
     last_evaluated_s: float | None = None
     """The latest evaluation anywhere in the fleet (Unix seconds, from the workers' clocks); None when unknown."""
+    windows: Mapping[str, WindowStats] = field(default_factory=dict)
+    """Distinct users per trailing window, by the window's label (`1h`); empty when no window is set."""
 
     @property
     def error_rate(self) -> float | None:

@@ -1,28 +1,40 @@
 """`LocalStore`: fleet state for one host, in files beside prometheus_client's, shared by every worker.
 
-One file per flag holds its evaluation and error counts, a pinned override and a HyperLogLog sketch
-with its register-value histogram. Workers apply their batches under an exclusive lock on the
-directory's state lock file; a scrape reads every flag's header under a shared lock. Files outlive
-the workers that wrote them, so recycled and crashed workers' contributions stay, and every figure
-only grows (until `reset`). Without a directory (a single process) the same layout lives in memory.
+One file per flag holds its evaluation and error counts, the time of its latest evaluation, a pinned
+override and a HyperLogLog sketch with its register-value histogram. Workers apply their batches
+under an exclusive lock on the directory's state lock file; a scrape reads every flag's header under
+a shared lock. Files outlive the workers that wrote them, so recycled and crashed workers'
+contributions stay, and every figure only grows (until `reset`). Without a directory (a single
+process) the same layout lives in memory.
+
+The trailing windows live in one SQLite database beside the flag files (`flagmetrics-windows.sqlite`):
+a row per flag, variant (empty for the flag as a whole) and user digest with the last time it was
+seen, so a window's figure is an exact count of distinct users, computed once per bucket of the
+window (see `flagmetrics.windows`) by the first scrape that needs it and kept for the others. Rows
+older than the longest window are deleted as flushes go by: about 60 bytes per user, flag and
+variant seen within the longest window.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import glob
 import hashlib
 import mmap
 import os
+import sqlite3
 import struct
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from typing import Final
 
 from flagmetrics import locks, sketch
 from flagmetrics.exceptions import StoreError
-from flagmetrics.stores.base import Batch, FlagStats, Snapshot
+from flagmetrics.stores.base import Batch, FlagStats, Snapshot, WindowStats
+from flagmetrics.windows import DEFAULT_WINDOWS, Window, parse_windows
 
 __all__ = ["LocalStore"]
 
@@ -30,6 +42,7 @@ _MAGIC: Final = b"FMHLL001"
 # Byte offsets in a flag file.
 _COUNTS = 16  # total, errors: two unsigned 64-bit integers
 _PIN = 32  # pinned flag (u64), unique users (u64), error rate (f64)
+_SEEN = 56  # the latest evaluation (f64, Unix seconds; 0: unknown)
 _HISTOGRAM = 64  # 64 unsigned 32-bit counts of register values
 _KEY = 320  # the flag key, UTF-8, its length at byte 8
 _KEY_SPACE = 1024
@@ -38,6 +51,25 @@ _FILE_SIZE: Final = _REGISTERS + sketch.REGISTERS
 _HEADER = struct.Struct("<8sI4x")
 _COUNTS_FMT = struct.Struct("<QQ")
 _PIN_FMT = struct.Struct("<QQd")
+_SEEN_FMT = struct.Struct("<d")
+_DATABASE = "flagmetrics-windows.sqlite"
+_PRUNE_INTERVAL_S = 60.0  # how often a writer deletes rows no window needs any more
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS seen (
+    flag TEXT NOT NULL, variant TEXT NOT NULL, user INTEGER NOT NULL, t REAL NOT NULL,
+    PRIMARY KEY (flag, variant, user)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS seen_by_time ON seen (t);
+CREATE TABLE IF NOT EXISTS figures (
+    seconds INTEGER NOT NULL, bucket INTEGER NOT NULL, flag TEXT NOT NULL, variant TEXT NOT NULL,
+    users INTEGER NOT NULL, PRIMARY KEY (seconds, flag, variant)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS computed (seconds INTEGER PRIMARY KEY, bucket INTEGER NOT NULL);
+"""
+_UPSERT = (
+    "INSERT INTO seen (flag, variant, user, t) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT (flag, variant, user) DO UPDATE SET t = max(t, excluded.t)"
+)
 
 
 class _FlagFile:
@@ -84,6 +116,7 @@ def _parse(header: bytes) -> tuple[str, FlagStats] | None:
         return None
     total, errors = _COUNTS_FMT.unpack_from(header, _COUNTS)
     pinned, pin_users, pin_rate = _PIN_FMT.unpack_from(header, _PIN)
+    (seen,) = _SEEN_FMT.unpack_from(header, _SEEN)
     histogram = struct.unpack_from(f"<{sketch.HISTOGRAM_SIZE}I", header, _HISTOGRAM)
     if not total and not pinned:
         return None
@@ -93,6 +126,7 @@ def _parse(header: bytes) -> tuple[str, FlagStats] | None:
         errors=errors,
         unique_users=pin_users if pinned else sketch.estimate(histogram),
         pinned_error_rate=pin_rate if pinned else None,
+        last_evaluated_s=seen or None,
     )
 
 
@@ -105,6 +139,8 @@ class LocalStore:
         *,
         read_timeout_s: float = locks.READ_TIMEOUT_S,
         write_timeout_s: float = locks.WRITE_TIMEOUT_S,
+        windows: str = DEFAULT_WINDOWS,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         """Keep state in `path`, which must exist; None keeps it in this process only.
 
@@ -113,6 +149,8 @@ class LocalStore:
                 `StoreError`, in seconds (a read waits only while a worker applies a batch).
             write_timeout_s: The same for a write; writes run in the flusher's thread and may wait
                 longer behind many workers' batches, but not past the flusher's own timeout.
+            windows: The trailing windows of the recent-users figures (`1h,24h,7d`; `off` for none).
+            clock: The time (Unix seconds) that decides which users are in a window.
         """
         if path is not None and not os.path.isdir(path):
             raise StoreError(f"`path` {path!r} is not a directory; create it first", transient=False)
@@ -125,6 +163,16 @@ class LocalStore:
         # a timeout or a cancelled flush whose thread went on and applied it.
         self._applied: dict[str, int] = {}
         self._thread_lock = threading.Lock()
+        self._windows = parse_windows(windows)
+        self._clock = clock
+        self._db: sqlite3.Connection | None = None
+        self._db_pid = 0
+        self._next_prune = 0.0
+
+    @property
+    def windows(self) -> tuple[Window, ...]:
+        """The trailing windows this store keeps figures for."""
+        return self._windows
 
     @property
     def path(self) -> str | None:
@@ -152,10 +200,14 @@ class LocalStore:
             for region in self._files.values():
                 region.close()
             self._files.clear()
+            if self._db is not None:
+                self._db.close()
+                self._db = None
 
     def read(self) -> Snapshot:
         """Read every flag's figures (blocking)."""
         flags: dict[str, FlagStats] = {}
+        now = self._clock()
         with self._locked(exclusive=False, timeout_s=self._read_timeout_s):
             if self._path is None:
                 headers = [bytes(region.buffer[:_REGISTERS]) for region in self._files.values()]
@@ -164,30 +216,135 @@ class LocalStore:
                 for name in glob.glob(os.path.join(self._path, "flagmetrics-flag-*.bin")):
                     with contextlib.suppress(FileNotFoundError), open(name, "rb") as file:
                         headers.append(file.read(_REGISTERS))
+            figures = self._figures(now) if self._windows else None
+        if figures is None and self._windows:
+            # A bucket began since the figures were computed: the first reader computes them.
+            with self._locked(exclusive=True, timeout_s=self._read_timeout_s):
+                figures = self._figures(now, compute=True)
         for header in headers:
             parsed = _parse(header)
             if parsed is not None:
-                flags[parsed[0]] = parsed[1]
+                key, stats = parsed
+                if self._windows:
+                    stats = _with_windows(stats, self._windows, (figures or {}).get(key, {}))
+                flags[key] = stats
         return Snapshot(flags=flags)
+
+    def _figures(self, now: float, *, compute: bool = False) -> dict[str, dict[tuple[int, str], int]] | None:
+        """Every flag's window figures by (seconds, variant), or None when one is stale and `compute` is off."""
+        db = self._database(create=compute)
+        if db is None:
+            return {}
+        try:
+            computed = dict(db.execute("SELECT seconds, bucket FROM computed").fetchall())
+            stale = [window for window in self._windows if computed.get(window.seconds) != window.bucket(now)]
+            if stale:
+                if not compute:
+                    return None
+                with db:
+                    for window in stale:
+                        self._compute(db, window, now)
+            rows = db.execute("SELECT seconds, flag, variant, users FROM figures").fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(
+                f"could not read the windows in {self._database_name()!r}: {exc}", transient=False
+            ) from exc
+        figures: dict[str, dict[tuple[int, str], int]] = {}
+        for seconds, flag, variant, users in rows:
+            figures.setdefault(flag, {})[seconds, variant] = users
+        return figures
+
+    def _compute(self, db: sqlite3.Connection, window: Window, now: float) -> None:
+        db.execute("DELETE FROM figures WHERE seconds = ?", (window.seconds,))
+        db.execute(
+            "INSERT INTO figures (seconds, bucket, flag, variant, users) "
+            "SELECT ?, ?, flag, variant, count(*) FROM seen WHERE t >= ? GROUP BY flag, variant",
+            (window.seconds, window.bucket(now), now - window.seconds),
+        )
+        db.execute(
+            "INSERT OR REPLACE INTO computed (seconds, bucket) VALUES (?, ?)", (window.seconds, window.bucket(now))
+        )
+
+    def _database_name(self) -> str:
+        return ":memory:" if self._path is None else os.path.join(self._path, _DATABASE)
+
+    def _database(self, *, create: bool) -> sqlite3.Connection | None:
+        """The windows database (opened once per process), or None when it does not exist and `create` is off."""
+        if self._db is not None and self._db_pid == os.getpid():
+            return self._db
+        name = self._database_name()
+        if self._path is not None and not create and not os.path.exists(name):
+            return None
+        try:
+            # Every access happens under the directory's lock and this store's thread lock, so
+            # SQLite's own locking never waits and the connection may serve the threads it runs on.
+            db = sqlite3.connect(name, timeout=self._write_timeout_s, isolation_level=None, check_same_thread=False)
+            db.executescript(_SCHEMA)
+        except sqlite3.Error as exc:
+            raise StoreError(f"could not open {name!r}: {exc}", transient=False) from exc
+        db.isolation_level = "DEFERRED"
+        self._db, self._db_pid = db, os.getpid()
+        return db
 
     def _apply(self, batch: Batch) -> None:
         with self._locked(exclusive=True, timeout_s=self._write_timeout_s):
             if batch.seq <= self._applied.get(batch.writer, 0):
                 return
-            # Open every file first: only this can fail, and it changes no figure, so a batch is
-            # either applied whole or not at all and a retry never counts twice.
+            # Open every file and write the windows first: only this can fail, and it changes no
+            # count, so a batch is either applied whole or not at all and a retry never counts twice.
             regions = {key: self._region(key) for key in (*batch.flags, *batch.pins)}
+            if self._windows:
+                self._remember(batch)
             for key, delta in batch.flags.items():
                 region = regions[key]
                 region.counts[0] += delta.total
                 region.counts[1] += delta.errors
                 sketch.add(region.registers, region.histogram, delta.members)
+                if delta.total and delta.seen > _SEEN_FMT.unpack_from(region.buffer, _SEEN)[0]:
+                    _SEEN_FMT.pack_into(region.buffer, _SEEN, delta.seen)
             for key, pin in batch.pins.items():
                 _PIN_FMT.pack_into(regions[key].buffer, _PIN, 1, pin.unique_users, pin.error_rate)
             self._applied[batch.writer] = batch.seq
 
+    def _remember(self, batch: Batch) -> None:
+        """Record when each user of the batch was seen, per flag and per variant served."""
+        rows = []
+        for key, delta in batch.flags.items():
+            if not delta.seen:
+                continue
+            rows += [(key, "", _user(digest), delta.seen) for digest in delta.members]
+            for variant, served in delta.variants.items():
+                rows += [(key, variant, _user(digest), delta.seen) for digest in served]
+        now = self._clock()
+        prune = now >= self._next_prune
+        if not rows and not prune:
+            return
+        db = self._database(create=True)
+        assert db is not None
+        try:
+            with db:
+                db.executemany(_UPSERT, rows)
+                if prune:
+                    longest = max(window.seconds + window.step for window in self._windows)
+                    db.execute("DELETE FROM seen WHERE t < ?", (now - longest,))
+        except sqlite3.Error as exc:
+            raise StoreError(
+                f"could not write the windows in {self._database_name()!r}: {exc}", transient=False
+            ) from exc
+        if prune:
+            self._next_prune = now + _PRUNE_INTERVAL_S
+
     def _reset(self, flag_key: str | None) -> None:
         with self._locked(exclusive=True, timeout_s=self._write_timeout_s):
+            db = self._database(create=False)
+            if db is not None:
+                with db:
+                    if flag_key is None:
+                        db.execute("DELETE FROM seen")
+                        db.execute("DELETE FROM figures")
+                    else:
+                        db.execute("DELETE FROM seen WHERE flag = ?", (flag_key,))
+                        db.execute("DELETE FROM figures WHERE flag = ?", (flag_key,))
             if flag_key is not None:
                 _clear(self._region(flag_key).buffer)
                 return
@@ -244,3 +401,19 @@ class LocalStore:
 
     def __repr__(self) -> str:
         return f"LocalStore(path={self._path!r})"
+
+
+def _user(digest: bytes) -> int:
+    """A user digest as SQLite's 64-bit integer."""
+    return int.from_bytes(digest[:8], "little", signed=True)
+
+
+def _with_windows(stats: FlagStats, windows: tuple[Window, ...], figures: dict[tuple[int, str], int]) -> FlagStats:
+    """`stats` with a flag's window figures: each window's users, and each variant's that has any."""
+    by_window: dict[str, WindowStats] = {}
+    for window in windows:
+        variants = {
+            variant: users for (seconds, variant), users in figures.items() if seconds == window.seconds and variant
+        }
+        by_window[window.label] = WindowStats(figures.get((window.seconds, ""), 0), variants)
+    return dataclasses.replace(stats, windows=by_window)

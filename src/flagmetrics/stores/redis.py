@@ -24,7 +24,7 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Final
 from urllib.parse import urlsplit
 
@@ -47,7 +47,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from flagmetrics.config import redact_url
 from flagmetrics.exceptions import ConfigurationError, StoreError
-from flagmetrics.stores.base import Batch, FlagDelta, FlagStats, Pin, Snapshot
+from flagmetrics.stores.base import Batch, FlagDelta, FlagStats, Pin, Snapshot, WindowStats
+from flagmetrics.windows import DEFAULT_WINDOWS, Window, parse_windows
 
 __all__ = ["GROUPS", "KeyLayout", "RedisStore"]
 
@@ -61,36 +62,82 @@ _REMEMBERED_FLAGS: Final = 100_000  # flags whose group and keys a layout keeps 
 # so a retried flush after a lost reply never counts twice. Redis does not undo a script's writes
 # when it fails half-way, so everything that can fail comes first: the type of the group's counts
 # hash is checked, then the PFADDs run (a key that is not a HyperLogLog fails there, and adding
-# members again on a retry is harmless), and only then are counts added. With a retention, flags
-# nobody wrote to for that long leave the group's index and counts (their HyperLogLogs expire).
-# KEYS: seq key, flags sorted set, counts hash, then per flag its HyperLogLog.
-# ARGV: seq, seq ttl (s), retention (s, 0: keep), now (Unix s), number of flags, then per flag:
-#       flag key, total, errors, seen (Unix s, 0: none), pin (JSON or ''), member count, members...
+# members again on a retry is harmless), and only then are counts added. Each trailing window gets
+# the flag's users, and each variant's, in the bucket of the batch's time (keys expiring by
+# themselves once no window needs them). With a retention, flags nobody wrote to for that long leave
+# the group's index, counts and cached window figures (their HyperLogLogs expire).
+# KEYS: seq key, flags sorted set, counts hash, window cache hash, then per flag its HyperLogLog.
+# ARGV: seq, seq ttl (s), retention (s, 0: keep), now (Unix s), group tag, number of windows, then
+#       per window: seconds, step; then number of flags, then per flag: flag key, total, errors,
+#       seen (Unix s, 0: none), pin (JSON or ''), member count, members..., variant count, then per
+#       variant: variant, member count, members...
 _APPLY_LUA = """
 local seq = tonumber(ARGV[1])
 local last = tonumber(redis.call('GET', KEYS[1]) or '-1')
 if seq <= last then return 0 end
-local retention, now, nflags = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local retention, now, tag = tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
 local kind = redis.call('TYPE', KEYS[3]).ok
 if kind ~= 'none' and kind ~= 'hash' then
   return redis.error_reply('WRONGTYPE ' .. KEYS[3] .. ' holds a ' .. kind .. ', not a hash')
 end
-local i = 6
-for f = 1, nflags do
-  local n = tonumber(ARGV[i + 5])
-  i = i + 6
+local function pfadd(key, from, n)
   local done = 0
   while done < n do
     local step = math.min(n - done, 512)
-    redis.call('PFADD', KEYS[3 + f], unpack(ARGV, i + done, i + done + step - 1))
+    redis.call('PFADD', key, unpack(ARGV, from + done, from + done + step - 1))
     done = done + step
   end
-  i = i + n
 end
-i = 6
+local windows, i = {}, 7
+for w = 1, tonumber(ARGV[6]) do
+  windows[w] = {ARGV[i], tonumber(ARGV[i]), tonumber(ARGV[i + 1])}
+  i = i + 2
+end
+local longest = 0
+for _, w in ipairs(windows) do longest = math.max(longest, w[2] + w[3]) end
+local nflags = tonumber(ARGV[i])
+i = i + 1
+local flags = {}
 for f = 1, nflags do
+  local flag, seen, n = ARGV[i], tonumber(ARGV[i + 3]), tonumber(ARGV[i + 5])
+  flags[f] = i
+  pfadd(KEYS[4 + f], i + 6, n)
+  local at = i + 6 + n
+  local nvariants = tonumber(ARGV[at])
+  at = at + 1
+  for _, w in ipairs(windows) do
+    local bucket = math.floor(seen / w[3])
+    local expires = (bucket + 1) * w[3] + w[2] + w[3]
+    if n > 0 and seen > 0 and expires > now then
+      local key = tag .. ':wb:' .. w[1] .. ':' .. bucket .. ':' .. flag
+      pfadd(key, i + 6, n)
+      redis.call('EXPIREAT', key, expires)
+    end
+  end
+  for v = 1, nvariants do
+    local variant, m = ARGV[at], tonumber(ARGV[at + 1])
+    for _, w in ipairs(windows) do
+      local bucket = math.floor(seen / w[3])
+      local expires = (bucket + 1) * w[3] + w[2] + w[3]
+      if m > 0 and seen > 0 and expires > now then
+        local key = tag .. ':wv:' .. w[1] .. ':' .. bucket .. ':' .. #variant .. ':' .. variant .. ':' .. flag
+        pfadd(key, at + 2, m)
+        redis.call('EXPIREAT', key, expires)
+      end
+    end
+    if m > 0 and seen > 0 and longest > 0 then
+      local index = tag .. ':wvar:' .. flag
+      redis.call('ZADD', index, 'GT', seen, variant)
+      redis.call('EXPIREAT', index, math.floor(seen) + longest + 1)
+    end
+    at = at + 2 + m
+  end
+  i = at
+end
+for f = 1, nflags do
+  i = flags[f]
   local flag, total, errors = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
-  local seen, pin, n = tonumber(ARGV[i + 3]), ARGV[i + 4], tonumber(ARGV[i + 5])
+  local seen, pin = tonumber(ARGV[i + 3]), ARGV[i + 4]
   if total > 0 then redis.call('HINCRBY', KEYS[3], 'total:' .. flag, total) end
   if errors > 0 then redis.call('HINCRBY', KEYS[3], 'errors:' .. flag, errors) end
   if seen > tonumber(redis.call('HGET', KEYS[3], 'seen:' .. flag) or '0') then
@@ -98,47 +145,119 @@ for f = 1, nflags do
   end
   if pin ~= '' then redis.call('HSET', KEYS[3], 'pin:' .. flag, pin) end
   redis.call('ZADD', KEYS[2], now, flag)
-  if retention > 0 then redis.call('EXPIRE', KEYS[3 + f], retention) end
-  i = i + 6 + n
+  if retention > 0 then redis.call('EXPIRE', KEYS[4 + f], retention) end
 end
 if retention > 0 then
   local cutoff = '(' .. (now - retention)
   for _, flag in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', cutoff)) do
     redis.call('HDEL', KEYS[3], 'total:' .. flag, 'errors:' .. flag, 'seen:' .. flag, 'pin:' .. flag)
+    for _, w in ipairs(windows) do redis.call('HDEL', KEYS[4], w[1] .. ':' .. flag) end
   end
   redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', cutoff)
   redis.call('EXPIRE', KEYS[2], retention)
   redis.call('EXPIRE', KEYS[3], retention)
+  if redis.call('EXISTS', KEYS[4]) == 1 then redis.call('EXPIRE', KEYS[4], retention) end
 end
 redis.call('SET', KEYS[1], seq, 'EX', tonumber(ARGV[2]))
 return 1
 """
 
 # Lists a group's flags written since `since` (ARGV[1], Unix s; 0: all), with every field of the
-# group's counts hash, read at one moment: {flags, {field, value, field, value...}}.
-# KEYS: the group's flags sorted set, its counts hash.
+# group's counts hash and of its window cache, read at one moment: {flags, {field, value...}, {field, value...}}.
+# KEYS: the group's flags sorted set, its counts hash, its window cache.
 _LIST_LUA = """
-return {redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], '+inf'), redis.call('HGETALL', KEYS[2])}
+return {
+  redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], '+inf'), redis.call('HGETALL', KEYS[2]), redis.call('HGETALL', KEYS[3])
+}
 """
 
-# Counts the users of each flag: PFCOUNT of each HyperLogLog given, in order.
-# KEYS: the flags' HyperLogLogs.
+# Counts the users of each flag: the PFCOUNT of its HyperLogLog, then for each window named stale
+# the union of its buckets, in all and per variant served, as JSON `[bucket, users, [variant, users,
+# ...]]`, kept in the group's window cache. A window's figure is computed once per bucket: the
+# first scrape after a bucket begins computes it; a scrape that finds it computed meanwhile (by
+# another worker or host) takes it as it is.
+# KEYS: the window cache hash, then the flags' HyperLogLogs.
+# ARGV: group tag, now (Unix s), number of windows, per window: seconds, step, span; then per flag:
+#       flag key, its latest evaluation (Unix s), the numbers of its stale windows (1-based, ',' between).
 _COUNT_LUA = """
+local tag, now = ARGV[1], tonumber(ARGV[2])
+local windows, i = {}, 4
+for w = 1, tonumber(ARGV[3]) do
+  windows[w] = {ARGV[i], tonumber(ARGV[i]), tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])}
+  i = i + 3
+end
+local function union(prefix, flag, w, current)
+  local keys = {}
+  for b = current - w[4], current do keys[#keys + 1] = prefix .. b .. ':' .. flag end
+  return redis.call('PFCOUNT', unpack(keys))
+end
 local counts = {}
-for f = 1, #KEYS do counts[f] = redis.call('PFCOUNT', KEYS[f]) end
+for f = 2, #KEYS do
+  local flag, seen, stale = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2]
+  i = i + 3
+  local entry = {redis.call('PFCOUNT', KEYS[f])}
+  for n in string.gmatch(stale, '%d+') do
+    local w = windows[tonumber(n)]
+    local current = math.floor(now / w[3])
+    local field = w[1] .. ':' .. flag
+    local cached = redis.call('HGET', KEYS[1], field)
+    if cached and tonumber(string.match(cached, '^%[(%-?%d+),')) == current then
+      entry[#entry + 1] = cached
+    else
+      local users, variants = 0, {}
+      if seen >= now - w[2] - w[3] then
+        users = union(tag .. ':wb:' .. w[1] .. ':', flag, w, current)
+        local index = tag .. ':wvar:' .. flag
+        for _, variant in ipairs(redis.call('ZRANGEBYSCORE', index, now - w[2] - w[3], '+inf')) do
+          local served = #variant .. ':' .. variant .. ':' .. flag
+          variants[#variants + 1] = variant
+          variants[#variants + 1] = union(tag .. ':wv:' .. w[1] .. ':', served, w, current)
+        end
+      end
+      local text = cjson.encode({current, users, variants})
+      redis.call('HSET', KEYS[1], field, text)
+      entry[#entry + 1] = text
+    end
+  end
+  counts[f - 1] = entry
+end
 return counts
 """
 
-# Forgets the flags named: their fields in the group's counts hash, their HyperLogLogs (the keys
-# given after the first two) and their place in the group's sorted set.
-# KEYS: the group's flags sorted set, its counts hash, then the flags' HyperLogLogs. ARGV: the flag keys.
+# Forgets the flags named: their fields in the group's counts hash and window cache, their
+# HyperLogLogs, their variants' index and the buckets of the windows given.
+# KEYS: the group's flags sorted set, its counts hash, its window cache, then the flags' HyperLogLogs.
+# ARGV: group tag, now (Unix s), number of windows, per window: seconds, step, span; then the flag keys.
 _FORGET_LUA = """
-for _, flag in ipairs(ARGV) do
-  redis.call('HDEL', KEYS[2], 'total:' .. flag, 'errors:' .. flag, 'seen:' .. flag, 'pin:' .. flag)
+local tag, now = ARGV[1], tonumber(ARGV[2])
+local windows, i = {}, 4
+for w = 1, tonumber(ARGV[3]) do
+  windows[w] = {ARGV[i], tonumber(ARGV[i]), tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])}
+  i = i + 3
 end
-if #KEYS > 2 then redis.call('DEL', unpack(KEYS, 3)) end
-if #ARGV > 0 then redis.call('ZREM', KEYS[1], unpack(ARGV)) end
-return #ARGV
+local cached = redis.call('HKEYS', KEYS[3])
+for a = i, #ARGV do
+  local flag = ARGV[a]
+  redis.call('HDEL', KEYS[2], 'total:' .. flag, 'errors:' .. flag, 'seen:' .. flag, 'pin:' .. flag)
+  for _, field in ipairs(cached) do
+    if string.match(field, '^%d+:(.*)$') == flag then redis.call('HDEL', KEYS[3], field) end
+  end
+  local index = tag .. ':wvar:' .. flag
+  local variants = redis.call('ZRANGE', index, 0, -1)
+  for _, w in ipairs(windows) do
+    local current = math.floor(now / w[3])
+    for b = current - w[4], current do
+      redis.call('DEL', tag .. ':wb:' .. w[1] .. ':' .. b .. ':' .. flag)
+      for _, variant in ipairs(variants) do
+        redis.call('DEL', tag .. ':wv:' .. w[1] .. ':' .. b .. ':' .. #variant .. ':' .. variant .. ':' .. flag)
+      end
+    end
+  end
+  redis.call('DEL', index)
+  redis.call('ZREM', KEYS[1], flag)
+end
+if #KEYS > 3 then redis.call('DEL', unpack(KEYS, 4)) end
+return #ARGV - i + 1
 """
 
 # Moves one flag from the layout of flagmetrics 0.1 (single node only: three hashes and a
@@ -217,6 +336,21 @@ class KeyLayout:
         """The hash of a group's counts: `total:<flag>`, `errors:<flag>`, `seen:<flag>`, `pin:<flag>`."""
         return f"{self.tags[group]}:counts"
 
+    def window_cache(self, group: int) -> str:
+        """The hash of a group's window figures, `<seconds>:<flag>`, each computed once per bucket."""
+        return f"{self.tags[group]}:wc"
+
+    def window_bucket(self, flag_key: str, window: Window, bucket: int, variant: str | None = None) -> str:
+        """The HyperLogLog of a flag's users (or a variant's) in one bucket of a window (written by scripts)."""
+        tag = self.tags[self.group(flag_key)]
+        if variant is None:
+            return f"{tag}:wb:{window.seconds}:{bucket}:{flag_key}"
+        return f"{tag}:wv:{window.seconds}:{bucket}:{len(variant.encode())}:{variant}:{flag_key}"
+
+    def variants(self, flag_key: str) -> str:
+        """The sorted set of the variants a flag served, scored by when (written by scripts)."""
+        return f"{self.tags[self.group(flag_key)]}:wvar:{flag_key}"
+
     def users(self, flag_key: str) -> str:
         """The HyperLogLog of a flag's users."""
         return f"{self.tags[self.group(flag_key)]}:u:{flag_key}"
@@ -250,6 +384,8 @@ class RedisStore:
         key_prefix: str = "flagmetrics",
         seq_ttl_s: int = 86_400,
         retention_s: int | None = None,
+        windows: str = DEFAULT_WINDOWS,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         """Wrap a redis-py asyncio client (`Redis` or `RedisCluster`) created with `decode_responses=False`.
 
@@ -258,6 +394,8 @@ class RedisStore:
                 again later than that after its first delivery would be applied twice.
             retention_s: Forget a flag's state when no worker has written to it for that long, in
                 seconds; None keeps it until a reset.
+            windows: The trailing windows of the recent-users figures (`1h,24h,7d`; `off` for none).
+            clock: The time (Unix seconds) a batch is written and a scrape reads at.
         """
         if retention_s is not None and (isinstance(retention_s, bool) or retention_s < 1):
             raise ConfigurationError(f"`retention_s` must be a positive number of seconds, got {retention_s!r}")
@@ -266,6 +404,11 @@ class RedisStore:
         self._layout = KeyLayout(key_prefix)
         self._seq_ttl_s = seq_ttl_s
         self._retention_s = retention_s
+        self._windows = parse_windows(windows)
+        self._clock = clock
+        self._window_args: list[Any] = [len(self._windows)]
+        for window in self._windows:
+            self._window_args += (window.seconds, window.step, window.span)
         self._apply = client.register_script(_APPLY_LUA)
         self._list = client.register_script(_LIST_LUA)
         self._count = client.register_script(_COUNT_LUA)
@@ -282,6 +425,7 @@ class RedisStore:
         cluster: bool = False,
         key_prefix: str = "flagmetrics",
         retention_s: int | None = None,
+        windows: str = DEFAULT_WINDOWS,
         timeout_s: float = 1.0,
         retries: int = 2,
         **client_kwargs: Any,
@@ -324,7 +468,7 @@ class RedisStore:
                 client = aioredis.Redis.from_url(url, **options)
         except (ValueError, TypeError, RedisClusterException) as exc:
             raise ConfigurationError(f"`url` {redact_url(url)!r} is not a valid Redis URL: {exc}") from exc
-        return cls(client, key_prefix=key_prefix, retention_s=retention_s)
+        return cls(client, key_prefix=key_prefix, retention_s=retention_s, windows=windows)
 
     @property
     def client(self) -> aioredis.Redis | RedisCluster:
@@ -342,6 +486,11 @@ class RedisStore:
         return self._layout
 
     @property
+    def windows(self) -> tuple[Window, ...]:
+        """The trailing windows this store keeps figures for."""
+        return self._windows
+
+    @property
     def cluster(self) -> bool:
         """Whether the client is a Redis Cluster client."""
         return self._cluster
@@ -349,16 +498,26 @@ class RedisStore:
     async def push(self, batch: Batch) -> None:
         """Apply `batch`, one script per group it touches, exactly once per `(writer, seq)` and group."""
         await self._upgrade_layout()
-        now = time.time()
+        now = self._clock()
         entries: dict[int, list[tuple[str, FlagDelta | None, Pin | None]]] = {}
         for flag_key in {*batch.flags, *batch.pins}:
             entry = (flag_key, batch.flags.get(flag_key), batch.pins.get(flag_key))
             entries.setdefault(self._layout.group(flag_key), []).append(entry)
         calls: list[_Call] = []
         events: list[int] = []
+        window_args: list[Any] = [len(self._windows)]
+        for window in self._windows:
+            window_args += (window.seconds, window.step)
         for group, flags in sorted(entries.items()):
-            keys = [self._layout.seq(group, batch.writer), self._layout.flags(group), self._layout.counts(group)]
-            args: list[Any] = [batch.seq, self._seq_ttl_s, self._retention_s or 0, now, len(flags)]
+            keys = [
+                self._layout.seq(group, batch.writer),
+                self._layout.flags(group),
+                self._layout.counts(group),
+                self._layout.window_cache(group),
+            ]
+            args: list[Any] = [batch.seq, self._seq_ttl_s, self._retention_s or 0, now, self._layout.tags[group]]
+            args += window_args
+            args.append(len(flags))
             for flag_key, delta, pin in flags:
                 keys.append(self._layout.users(flag_key))
                 members = delta.members if delta is not None else ()
@@ -371,6 +530,11 @@ class RedisStore:
                     len(members),
                 )
                 args.extend(members)
+                variants = delta.variants if delta is not None else {}
+                args.append(len(variants))
+                for variant, served in variants.items():
+                    args += (variant, len(served))
+                    args.extend(served)
             calls.append((self._apply, keys, args))
             events.append(sum(delta.total for _, delta, _ in flags if delta is not None))
         results = await self._run(calls, "write the batch", refusals=True)
@@ -386,41 +550,69 @@ class RedisStore:
         error rate is consistent); the second counts their users.
         """
         await self._upgrade_layout()
-        since = time.time() - self._retention_s if self._retention_s else 0
+        since = self._clock() - self._retention_s if self._retention_s else 0
         groups = await self._list_groups(since)
-        names = [[raw.decode("utf-8", "replace") for raw in flags] for flags, _ in groups]
-        calls: list[_Call] = [
-            (self._count, [self._layout.users_encoded(flag) for flag in flags], []) for flags in names if flags
-        ]
-        counted = iter(await self._run(calls, "read the fleet state"))
-        result: dict[str, FlagStats] = {}
-        for (raws, counts), flags in zip(groups, names, strict=True):
+        names = [[raw.decode("utf-8", "replace") for raw in flags] for flags, _, _ in groups]
+        now = self._clock()
+        current = [window.bucket(now) for window in self._windows]
+        calls: list[_Call] = []
+        for group, ((raws, counts, cache), flags) in enumerate(zip(groups, names, strict=True)):
             if not flags:
                 continue
-            for raw, flag_key, users in zip(raws, flags, next(counted), strict=True):
+            args: list[Any] = [self._layout.tags[group], now, *self._window_args]
+            for raw, flag_key in zip(raws, flags, strict=True):
+                stale = [
+                    str(n)
+                    for n, (window, bucket) in enumerate(zip(self._windows, current, strict=True), start=1)
+                    if _cached_bucket(cache.get(b"%d:%s" % (window.seconds, raw))) != bucket
+                ]
+                args += (flag_key, counts.get(b"seen:" + raw) or 0, ",".join(stale))
+            keys: list[str | bytes] = [
+                self._layout.window_cache(group),
+                *(self._layout.users_encoded(flag) for flag in flags),
+            ]
+            calls.append((self._count, keys, args))
+        counted = iter(await self._run(calls, "read the fleet state"))
+        result: dict[str, FlagStats] = {}
+        for (raws, counts, cache), flags in zip(groups, names, strict=True):
+            if not flags:
+                continue
+            for raw, flag_key, entry in zip(raws, flags, next(counted), strict=True):
                 total, pin = counts.get(b"total:" + raw), counts.get(b"pin:" + raw)
                 if not total and not pin:  # a flag with neither evaluations nor a pin is left out
                     continue
+                users, fresh = entry[0], iter(entry[1:])
                 seen = counts.get(b"seen:" + raw)
+                windows: dict[str, WindowStats] = {}
+                for window, bucket in zip(self._windows, current, strict=True):
+                    cached = cache.get(b"%d:%s" % (window.seconds, raw))
+                    windows[window.label] = _window_stats(
+                        cached if cached is not None and _cached_bucket(cached) == bucket else next(fresh)
+                    )
                 result[flag_key] = FlagStats(
                     total=int(total or 0),
                     errors=int(counts.get(b"errors:" + raw) or 0),
                     unique_users=_pin_users(pin, users) if pin else users,
                     pinned_error_rate=_pin_rate(pin) if pin else None,
                     last_evaluated_s=float(seen) if seen else None,
+                    windows=windows,
                 )
         return Snapshot(flags=result)
 
-    async def _list_groups(self, since: float) -> list[tuple[list[bytes], dict[bytes, bytes]]]:
-        """Each group's flags written since `since` (Unix s), with its counts hash by field, as Redis has them."""
+    async def _list_groups(self, since: float) -> list[tuple[list[bytes], dict[bytes, bytes], dict[bytes, bytes]]]:
+        """Each group's flags written since `since` (Unix s), with its counts and window cache by field."""
         calls: list[_Call] = [
-            (self._list, [self._layout.flags(group), self._layout.counts(group)], [since]) for group in range(GROUPS)
+            (
+                self._list,
+                [self._layout.flags(group), self._layout.counts(group), self._layout.window_cache(group)],
+                [since],
+            )
+            for group in range(GROUPS)
         ]
-        groups = []
-        for flags, fields in await self._run(calls, "read the fleet state"):
-            fields_iter = iter(fields)
-            groups.append((list(flags), dict(zip(fields_iter, fields_iter, strict=True))))
-        return groups
+        return [
+            (list(flags), _fields(counts), _fields(cache))
+            for flags, counts, cache in await self._run(calls, "read the fleet state")
+        ]
 
     async def reset(self, flag_key: str | None = None) -> None:
         """Delete one flag's state, or every flag's (listing each group's flags first)."""
@@ -430,12 +622,18 @@ class RedisStore:
                 [flag_key] if group == self._layout.group(flag_key) else [] for group in range(GROUPS)
             ]
         else:
-            names = [[raw.decode("utf-8", "replace") for raw in flags] for flags, _ in await self._list_groups(0)]
+            names = [[raw.decode("utf-8", "replace") for raw in flags] for flags, _, _ in await self._list_groups(0)]
+        now = self._clock()
         calls: list[_Call] = [
             (
                 self._forget,
-                [self._layout.flags(group), self._layout.counts(group), *map(self._layout.users, flags)],
-                list(flags),
+                [
+                    self._layout.flags(group),
+                    self._layout.counts(group),
+                    self._layout.window_cache(group),
+                    *map(self._layout.users, flags),
+                ],
+                [self._layout.tags[group], now, *self._window_args, *flags],
             )
             for group, flags in enumerate(names)
             if flags
@@ -589,6 +787,29 @@ def _startup_nodes(url: str, cluster: bool) -> tuple[str, list[ClusterNode]]:
 
 def _text(raw: bytes | str) -> str:
     return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+
+
+def _fields(flat: Sequence[bytes]) -> dict[bytes, bytes]:
+    """A hash as HGETALL gives it, by field."""
+    items = iter(flat)
+    return dict(zip(items, items, strict=True))
+
+
+def _cached_bucket(text: bytes | None) -> int | None:
+    """The bucket a cached window figure was computed in."""
+    if not text:
+        return None
+    head = text[1 : text.find(b",")]
+    return int(head) if head.lstrip(b"-").isdigit() else None
+
+
+def _window_stats(text: bytes) -> WindowStats:
+    """A window's figures from the JSON the count script keeps: `[bucket, users, [variant, users, ...]]`."""
+    _, users, flat = json.loads(text)
+    if not flat:  # an empty Lua table is encoded as an object
+        return WindowStats(int(users))
+    pairs = iter(flat)
+    return WindowStats(int(users), {str(variant): int(count) for variant, count in zip(pairs, pairs, strict=True)})
 
 
 def _pin_users(pin_json: bytes | None, counted: int) -> int:

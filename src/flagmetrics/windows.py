@@ -1,0 +1,181 @@
+"""Internal: trailing windows (`FLAGMETRICS_WINDOWS`), their time buckets, and the split check's statistics.
+
+A window of W seconds is cut into buckets of `step = max(1, W // 12)` seconds, numbered from the Unix
+epoch. A flush adds each flag's users to the bucket of the moment its batch was cut; a window's
+figure is the union of the last `span + 1` buckets (the current one included), so it covers between
+W and W plus one step. Stores may cache a window's figure for the rest of the bucket it was computed
+in, so a figure lags by at most one step (under 2 s for a 20 s window, 5 min for an hour).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Final
+
+from flagmetrics.exceptions import ConfigurationError
+
+__all__ = [
+    "BUCKETS_PER_WINDOW",
+    "DEFAULT_WINDOWS",
+    "HLL_RELATIVE_ERROR",
+    "MIN_EXPECTED_USERS",
+    "MIN_SPLIT_USERS",
+    "Window",
+    "chi2_sf",
+    "parse_windows",
+    "split_p_value",
+]
+
+BUCKETS_PER_WINDOW: Final = 12
+"""Buckets a window is cut into: a figure covers at most one twelfth more than its window."""
+MIN_WINDOW_S: Final = 10
+DEFAULT_WINDOWS: Final = "1h,24h,7d"
+_UNITS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
+_DURATION = re.compile(r"([0-9]+)([smhd])")
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """One trailing window: its label as written in the setting, and its length."""
+
+    label: str
+    seconds: int
+
+    @property
+    def step(self) -> int:
+        """Seconds per bucket."""
+        return max(1, self.seconds // BUCKETS_PER_WINDOW)
+
+    @property
+    def span(self) -> int:
+        """Whole buckets before the current one that a figure unites: `ceil(seconds / step)`."""
+        return -(-self.seconds // self.step)
+
+    def bucket(self, t: float) -> int:
+        """The number of the bucket holding Unix time `t`."""
+        return int(t // self.step)
+
+    def buckets(self, now: float) -> range:
+        """The buckets a figure at `now` unites, oldest first."""
+        current = self.bucket(now)
+        return range(current - self.span, current + 1)
+
+    def expires_at(self, bucket: int) -> int:
+        """When bucket `bucket` is no longer part of any figure (Unix seconds), with one step to spare."""
+        return (bucket + 1) * self.step + self.seconds + self.step
+
+
+def parse_windows(text: str, *, setting: str = "windows") -> tuple[Window, ...]:
+    """Parse `1h,24h,7d` (units s, m, h, d; at least 10 s each; `off` or empty for none).
+
+    Raises `ConfigurationError` naming `setting` on anything else.
+    """
+    if not isinstance(text, str):
+        raise ConfigurationError(f"`{setting}` must be a string like {DEFAULT_WINDOWS!r}, got {text!r}")
+    stripped = text.strip()
+    if stripped.lower() in ("", "off", "none"):
+        return ()
+    windows: list[Window] = []
+    for part in stripped.split(","):
+        label = part.strip()
+        match = _DURATION.fullmatch(label)
+        if match is None:
+            raise ConfigurationError(
+                f"`{setting}` must be durations separated by commas, each a whole number with a unit "
+                f"s, m, h or d (like {DEFAULT_WINDOWS!r}), or 'off'; got {label!r} in {text!r}"
+            )
+        seconds = int(match.group(1)) * _UNITS[match.group(2)]
+        if seconds < MIN_WINDOW_S:
+            raise ConfigurationError(f"`{setting}` windows must be at least {MIN_WINDOW_S}s, got {label!r}")
+        if any(window.seconds == seconds for window in windows):
+            raise ConfigurationError(f"`{setting}` names the same window twice: {label!r} in {text!r}")
+        windows.append(Window(label, seconds))
+    return tuple(windows)
+
+
+# -- the split check -------------------------------------------------------------------------------
+
+HLL_RELATIVE_ERROR: Final = 0.0081
+"""Standard error of a HyperLogLog estimate with 2^14 registers, relative to the count."""
+MIN_SPLIT_USERS: Final = 100
+"""Fewest users in a window (over the expected variants) for a split check."""
+MIN_EXPECTED_USERS: Final = 5
+"""Fewest users expected in every variant for a split check (the usual rule for a chi-square test)."""
+
+
+def split_p_value(observed: Mapping[str, int], weights: Mapping[str, float]) -> float | None:
+    """The p-value of `observed` users per variant against the expected `weights`, or None when too few.
+
+    A chi-square goodness-of-fit test with one cell per variant of positive weight. Each cell's
+    variance is widened by the HyperLogLog's error, `E + (0.0081 E)^2` instead of `E`, so that counting
+    error alone cannot make a large, correct split look wrong. Users served a variant whose expected
+    weight is zero (or not listed) make the p-value 0: the split cannot produce them.
+    """
+    expected_total = sum(weight for weight in weights.values() if weight > 0)
+    if expected_total <= 0:
+        return None
+    users = sum(observed.get(variant, 0) for variant, weight in weights.items() if weight > 0)
+    if users < MIN_SPLIT_USERS:
+        return None
+    cells = [(observed.get(variant, 0), users * weight / expected_total) for variant, weight in weights.items()]
+    cells = [(seen, expected) for seen, expected in cells if expected > 0]
+    if len(cells) < 2 or min(expected for _, expected in cells) < MIN_EXPECTED_USERS:
+        return None
+    if any(count > 0 and weights.get(variant, 0) <= 0 for variant, count in observed.items()):
+        return 0.0
+    statistic = sum(
+        (seen - expected) ** 2 / (expected + (HLL_RELATIVE_ERROR * expected) ** 2) for seen, expected in cells
+    )
+    return chi2_sf(statistic, len(cells) - 1)
+
+
+def chi2_sf(x: float, df: int) -> float:
+    """P(X >= x) for X chi-square distributed with `df` degrees of freedom: Q(df/2, x/2).
+
+    The regularised upper incomplete gamma function, by its series below `a + 1` and by Lentz's
+    continued fraction above (Numerical Recipes, 6.2), to about 1e-14 relative.
+    """
+    if df < 1:
+        raise ValueError(f"`df` must be at least 1, got {df}")
+    if x <= 0:
+        return 1.0
+    a, z = df / 2.0, x / 2.0
+    if z < a + 1.0:
+        return max(0.0, 1.0 - _lower_series(a, z))
+    return _upper_fraction(a, z)
+
+
+def _lower_series(a: float, z: float) -> float:
+    term = total = 1.0 / a
+    n = a
+    for _ in range(10_000):
+        n += 1.0
+        term *= z / n
+        total += term
+        if abs(term) < abs(total) * 1e-16:
+            break
+    return total * math.exp(-z + a * math.log(z) - math.lgamma(a))
+
+
+def _upper_fraction(a: float, z: float) -> float:
+    tiny = 1e-300
+    b = z + 1.0 - a
+    c = 1.0 / tiny
+    d = 1.0 / b
+    h = d
+    for i in range(1, 10_000):
+        an = -i * (i - a)
+        b += 2.0
+        d = an * d + b
+        d = tiny if abs(d) < tiny else d
+        c = b + an / c
+        c = tiny if abs(c) < tiny else c
+        d = 1.0 / d
+        delta = d * c
+        h *= delta
+        if abs(delta - 1.0) < 1e-16:
+            break
+    return math.exp(-z + a * math.log(z) - math.lgamma(a)) * h
