@@ -9,10 +9,17 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
 from flagmetrics.collector import FleetCollector, fleet_text
-from flagmetrics.stores.base import FlagStats, Snapshot
+from flagmetrics.stores.base import FlagStats, Snapshot, WindowStats
 
 FLAG_KEYS = st.text(
     alphabet=st.characters(categories=["L", "N", "P", "S", "Zs"], include_characters='\\"{}='), min_size=1, max_size=40
+)
+WINDOWS = st.dictionaries(
+    st.sampled_from(["20s", "1h", "7d"]),
+    st.builds(
+        WindowStats, users=st.integers(0, 10**6), variants=st.dictionaries(FLAG_KEYS, st.integers(0, 10**6), max_size=3)
+    ),
+    max_size=3,
 )
 STATS = st.builds(
     FlagStats,
@@ -20,6 +27,9 @@ STATS = st.builds(
     errors=st.integers(0, 10**6),
     unique_users=st.integers(0, 10**9),
     pinned_error_rate=st.none() | st.floats(0, 1),
+    last_evaluated_s=st.none() | st.floats(1e9, 2e9),
+    windows=WINDOWS,
+    split=st.none() | st.dictionaries(FLAG_KEYS, st.floats(0, 100), min_size=2, max_size=3),
 )
 SNAPSHOTS = st.none() | st.builds(Snapshot, flags=st.dictionaries(FLAG_KEYS, STATS, max_size=20))
 
@@ -57,3 +67,22 @@ def test_a_flag_before_its_first_evaluation_has_users_but_no_error_rate() -> Non
     text = fleet_text(Snapshot(flags={"new": FlagStats(total=0, errors=0, unique_users=0)}), "", openmetrics=False)
     assert 'feature_flag_unique_users{flag_key="new"} 0.0' in text
     assert 'feature_flag_error_rate{flag_key="new"}' not in text
+
+
+def test_window_variant_last_evaluated_and_split_samples() -> None:
+    window = WindowStats(users=3000, variants={"on": 1800, "off": 1200})
+    stats = FlagStats(
+        total=5000,
+        errors=0,
+        unique_users=4000,
+        last_evaluated_s=1_800_000_000.5,
+        windows={"1h": window},
+        split={"on": 50, "off": 50},
+    )
+    text = fleet_text(Snapshot(flags={"new-ui": stats}), "", openmetrics=False)
+    assert 'feature_flag_last_evaluated_timestamp_seconds{flag_key="new-ui"} 1.8000000005e+09\n' in text
+    assert 'feature_flag_window_unique_users{flag_key="new-ui",window="1h"} 3000.0\n' in text
+    assert 'feature_flag_window_variant_unique_users{flag_key="new-ui",variant="off",window="1h"} 1200.0\n' in text
+    assert 'feature_flag_window_variant_unique_users{flag_key="new-ui",variant="on",window="1h"} 1800.0\n' in text
+    p_value = float(text.split('feature_flag_split_p_value{flag_key="new-ui",window="1h"} ')[1].split()[0])
+    assert p_value < 1e-20

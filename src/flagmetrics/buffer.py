@@ -61,13 +61,14 @@ class Buffer:
     `record()` may be called from threads (sync OpenFeature evaluations) while the flusher cuts.
     """
 
-    __slots__ = ("_in_flight", "_lock", "_pins", "_seq", "capacity", "flags", "room", "writer")
+    __slots__ = ("_in_flight", "_lock", "_pins", "_seq", "_splits", "capacity", "flags", "room", "writer")
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self.room = capacity
         self.flags: dict[str, FlagBuffer] = {}
         self._pins: dict[str, Pin] = {}
+        self._splits: dict[str, dict[str, float]] = {}
         self._seq = 0
         self._in_flight: tuple[Batch, int] | None = None
         self._lock = threading.Lock()
@@ -111,6 +112,11 @@ class Buffer:
         with self._lock:
             self._pins[flag_key] = pin
 
+    def expect(self, flag_key: str, weights: dict[str, float]) -> None:
+        """Queue the expected weights of a flag's variants."""
+        with self._lock:
+            self._splits[flag_key] = weights
+
     def discard(self, flag_key: str | None = None) -> None:
         """Forget what is buffered for one flag, or for all, returning its room."""
         with self._lock:
@@ -125,7 +131,7 @@ class Buffer:
             pins = {k: p for k, p in batch.pins.items() if flag_key is not None and k != flag_key}
             dropped = users - sum(len(d.members) for d in kept.values())
             self.room += dropped
-            self._in_flight = (Batch(batch.writer, batch.seq, kept, pins), users - dropped)
+            self._in_flight = (Batch(batch.writer, batch.seq, kept, pins, batch.splits), users - dropped)
         for key, buf in self.flags.items():
             if flag_key is None or key == flag_key:
                 self.room += len(buf.users)
@@ -156,14 +162,15 @@ class Buffer:
                     buf.users = set()
                     buf.variants = {}
             pins, self._pins = self._pins, {}
-            if not taken and not pins:
+            splits, self._splits = self._splits, {}
+            if not taken and not pins and not splits:
                 return None
             self._seq += 1
             seq = self._seq
         # Hash outside the lock: the sets taken are no longer reachable from record().
         now = time.time()
         deltas = {key: _delta(t, e, users, variants, hash_key, now) for key, t, e, users, variants in taken}
-        batch = Batch(writer=self.writer, seq=seq, flags=deltas, pins=pins)
+        batch = Batch(writer=self.writer, seq=seq, flags=deltas, pins=pins, splits=splits)
         with self._lock:
             self._in_flight = (batch, sum(len(users) for _, _, _, users, _ in taken))
         return batch

@@ -9,9 +9,10 @@ from dataclasses import dataclass
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.utils import floatToGoString
 
-from flagmetrics.stores.base import Snapshot
+from flagmetrics.stores.base import FlagStats, Snapshot
+from flagmetrics.windows import split_p_value
 
-__all__ = ["FleetCollector", "FleetGauge", "fleet_gauges", "fleet_text"]
+__all__ = ["FleetCollector", "FleetGauge", "fleet_gauges", "fleet_text", "window_gauges"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +38,53 @@ def fleet_gauges(prefix: str) -> tuple[FleetGauge, FleetGauge]:
     )
 
 
+def window_gauges(prefix: str) -> tuple[FleetGauge, FleetGauge, FleetGauge, FleetGauge]:
+    """The last-evaluated, recent-users, per-variant exposure and split-check gauges for `prefix`."""
+    return (
+        FleetGauge(
+            f"{prefix}feature_flag_last_evaluated_timestamp_seconds",
+            "Unix time of each flag's latest evaluation anywhere in the fleet (workers' clocks)",
+        ),
+        FleetGauge(
+            f"{prefix}feature_flag_window_unique_users",
+            "Distinct targeting keys that evaluated each flag in the trailing window, fleet-wide",
+            ("flag_key", "window"),
+        ),
+        FleetGauge(
+            f"{prefix}feature_flag_window_variant_unique_users",
+            "Distinct targeting keys served each variant of each flag in the trailing window, fleet-wide",
+            ("flag_key", "variant", "window"),
+        ),
+        FleetGauge(
+            f"{prefix}feature_flag_split_p_value",
+            "Chi-square p-value of each flag's users per variant in the window against its expected split",
+            ("flag_key", "window"),
+        ),
+    )
+
+
+def _samples(flag_key: str, stats: FlagStats) -> Iterator[tuple[int, tuple[str, ...], float]]:
+    """Every fleet sample of one flag: (gauge index, label values, value), gauges in `_gauges` order."""
+    yield 0, (flag_key,), stats.unique_users
+    rate = stats.error_rate
+    if rate is not None:
+        yield 1, (flag_key,), rate
+    if stats.last_evaluated_s is not None:
+        yield 2, (flag_key,), stats.last_evaluated_s
+    for window, figures in stats.windows.items():
+        yield 3, (flag_key, window), figures.users
+        for variant, users in sorted(figures.variants.items()):
+            yield 4, (flag_key, variant, window), users
+        if stats.split is not None:
+            p_value = split_p_value(figures.variants, stats.split)
+            if p_value is not None:
+                yield 5, (flag_key, window), p_value
+
+
+def _gauges(prefix: str) -> tuple[FleetGauge, ...]:
+    return (*fleet_gauges(prefix), *window_gauges(prefix))
+
+
 class FleetCollector:
     """Yield the fleet gauges from `snapshot`, or only `store_up 0` when the store could not be read."""
 
@@ -46,21 +94,19 @@ class FleetCollector:
 
     def collect(self) -> Iterator[Metric]:
         """Yield the gauges; no I/O happens here."""
-        users_gauge, rate_gauge = fleet_gauges(self._prefix)
         yield GaugeMetricFamily(
             f"{self._prefix}{_STORE_UP.name}", _STORE_UP.documentation, value=0 if self._snapshot is None else 1
         )
         if self._snapshot is None:
             return
-        users = GaugeMetricFamily(users_gauge.name, users_gauge.documentation, labels=users_gauge.labelnames)
-        rates = GaugeMetricFamily(rate_gauge.name, rate_gauge.documentation, labels=rate_gauge.labelnames)
+        families = [
+            GaugeMetricFamily(gauge.name, gauge.documentation, labels=gauge.labelnames)
+            for gauge in _gauges(self._prefix)
+        ]
         for flag_key, stats in sorted(self._snapshot.flags.items()):
-            users.add_metric([flag_key], stats.unique_users)
-            rate = stats.error_rate
-            if rate is not None:
-                rates.add_metric([flag_key], rate)
-        yield users
-        yield rates
+            for index, labels, value in _samples(flag_key, stats):
+                families[index].add_metric(list(labels), value)
+        yield from families
 
 
 def fleet_text(snapshot: Snapshot | None, prefix: str, *, openmetrics: bool) -> str:
@@ -70,24 +116,21 @@ def fleet_text(snapshot: Snapshot | None, prefix: str, *, openmetrics: bool) -> 
     prometheus_client's per-sample formatting; the family headers still come from prometheus_client,
     and the tests hold the whole text against its encoders.
     """
-    store_up, users_head, rates_head = _headers(prefix, openmetrics)
+    store_up, *heads = _headers(prefix, openmetrics)
     if snapshot is None:
-        return f"{store_up}{_sample(f'{prefix}flagmetrics_store_up', None, 0.0)}"
-    users_name, rates_name = f"{prefix}feature_flag_unique_users", f"{prefix}feature_flag_error_rate"
-    users, rates = [users_head], [rates_head]
+        return f"{store_up}{prefix}flagmetrics_store_up 0.0\n"
+    gauges = _gauges(prefix)
+    blocks = [[head] for head in heads]
     for flag_key, stats in sorted(snapshot.flags.items()):
         label = _escape(flag_key)
-        users.append(_sample(users_name, label, stats.unique_users))
-        rate = stats.error_rate
-        if rate is not None:
-            rates.append(_sample(rates_name, label, rate))
-    return f"{store_up}{_sample(f'{prefix}flagmetrics_store_up', None, 1.0)}{''.join(users)}{''.join(rates)}"
-
-
-def _sample(name: str, flag_key: str | None, value: float) -> str:
-    if flag_key is None:
-        return f"{name} {floatToGoString(value)}\n"
-    return f'{name}{{flag_key="{flag_key}"}} {floatToGoString(value)}\n'
+        for index, labels, value in _samples(flag_key, stats):
+            gauge = gauges[index]
+            pairs = ",".join(
+                f'{name}="{label if name == "flag_key" else _escape(text)}"'
+                for name, text in zip(gauge.labelnames, labels, strict=True)
+            )
+            blocks[index].append(f"{gauge.name}{{{pairs}}} {floatToGoString(value)}\n")
+    return f"{store_up}{prefix}flagmetrics_store_up 1.0\n{''.join(''.join(block) for block in blocks)}"
 
 
 def _escape(value: str) -> str:
@@ -96,21 +139,20 @@ def _escape(value: str) -> str:
 
 
 @functools.lru_cache(maxsize=16)
-def _headers(prefix: str, openmetrics: bool) -> tuple[str, str, str]:
+def _headers(prefix: str, openmetrics: bool) -> tuple[str, ...]:
     """The HELP and TYPE lines of each fleet gauge, as prometheus_client's encoder writes them."""
     from prometheus_client import CollectorRegistry, generate_latest
     from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
     encoder = generate_openmetrics if openmetrics else generate_latest
     headers = []
-    for gauge in (_STORE_UP, *fleet_gauges(prefix)):
+    for gauge in (_STORE_UP, *_gauges(prefix)):
         registry = CollectorRegistry(auto_describe=False)
         registry.register(
             _Empty(gauge.name if gauge is not _STORE_UP else f"{prefix}{gauge.name}", gauge.documentation)
         )
         headers.append(encoder(registry).decode().removesuffix("# EOF\n"))
-    store_up, users, rates = headers
-    return store_up, users, rates
+    return tuple(headers)
 
 
 _STORE_UP = FleetGauge(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -22,6 +22,7 @@ from flagmetrics.logs import ThrottledLog, logger
 from flagmetrics.metrics import DEFAULT_DURATION_BUCKETS, DefectCounter, Metrics
 from flagmetrics.stores import default_store
 from flagmetrics.stores.base import Pin, Snapshot, Store, snapshot_within
+from flagmetrics.windows import split_weights
 
 __all__ = ["PROMETHEUS_AVAILABLE", "MetricsProvider", "PrometheusExporter"]
 
@@ -312,6 +313,21 @@ class PrometheusExporter:
             raise FlagMetricsError(
                 f"could not update {len(failed)} of {len(flag_keys)} flags from the aggregator: " + "; ".join(failed)
             )
+
+    def expect_split(self, flag_key: str, weights: Mapping[str, float]) -> None:
+        """Declare the weights a flag's variants are served with, for the split check of every scrape.
+
+        `weights` maps each variant to its share (any scale: `{"control": 50, "treatment": 50}`); the
+        gauge `feature_flag_split_p_value{flag_key,window}` then tests each window's users per
+        variant against it. Kept in the fleet store (a reset leaves it), replaced by the next call.
+        """
+        if not valid_label(flag_key):
+            raise ConfigurationError(
+                f"`flag_key` must be a printable string of 1 to {MAX_KEY_LENGTH} characters, got {flag_key!r}"
+            )
+        self._buffer.expect(flag_key, split_weights(flag_key, weights))
+        if self._start_pending:
+            self._start()
 
     def get_tracked_flag_keys(self) -> list[str]:
         """Flag keys recorded by this process or present in the fleet state at its last scrape."""

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
+from flagmetrics.events import valid_label
 from flagmetrics.exceptions import ConfigurationError
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "chi2_sf",
     "parse_windows",
     "split_p_value",
+    "split_weights",
 ]
 
 BUCKETS_PER_WINDOW: Final = 12
@@ -104,6 +106,27 @@ MIN_SPLIT_USERS: Final = 100
 """Fewest users in a window (over the expected variants) for a split check."""
 MIN_EXPECTED_USERS: Final = 5
 """Fewest users expected in every variant for a split check (the usual rule for a chi-square test)."""
+
+
+def split_weights(flag_key: str, weights: Mapping[str, float]) -> dict[str, float]:
+    """`weights` checked: variants as label values, finite non-negative weights, two or more positive.
+
+    Raises `ConfigurationError` naming the flag and what is wrong.
+    """
+    if not isinstance(weights, Mapping):
+        raise ConfigurationError(f"the split of {flag_key!r} must map variants to weights, got {weights!r}")
+    checked: dict[str, float] = {}
+    for variant, weight in weights.items():
+        if not valid_label(variant):
+            raise ConfigurationError(f"the split of {flag_key!r} names an invalid variant {variant!r}")
+        if isinstance(weight, bool) or not isinstance(weight, int | float) or not math.isfinite(weight) or weight < 0:
+            raise ConfigurationError(
+                f"the split of {flag_key!r} gives {variant!r} the weight {weight!r}; weights are numbers >= 0"
+            )
+        checked[variant] = float(weight)
+    if sum(1 for weight in checked.values() if weight > 0) < 2:
+        raise ConfigurationError(f"the split of {flag_key!r} needs two or more variants of positive weight")
+    return checked
 
 
 def split_p_value(observed: Mapping[str, int], weights: Mapping[str, float]) -> float | None:

@@ -44,6 +44,8 @@ class Batch:
     seq: int
     flags: Mapping[str, FlagDelta]
     pins: Mapping[str, Pin] = field(default_factory=dict)
+    splits: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    """Expected weights of flags' variants (`expect_split`), replacing what the store had."""
 
     @property
     def members(self) -> int:
@@ -76,6 +78,8 @@ class FlagStats:
     """The latest evaluation anywhere in the fleet (Unix seconds, from the workers' clocks); None when unknown."""
     windows: Mapping[str, WindowStats] = field(default_factory=dict)
     """Distinct users per trailing window, by the window's label (`1h`); empty when no window is set."""
+    split: Mapping[str, float] | None = None
+    """The expected weights of the flag's variants, when known (for the split check)."""
 
     @property
     def error_rate(self) -> float | None:

@@ -22,6 +22,7 @@ import contextlib
 import dataclasses
 import glob
 import hashlib
+import json
 import mmap
 import os
 import sqlite3
@@ -65,6 +66,7 @@ CREATE TABLE IF NOT EXISTS figures (
     users INTEGER NOT NULL, PRIMARY KEY (seconds, flag, variant)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS computed (seconds INTEGER PRIMARY KEY, bucket INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS splits (flag TEXT PRIMARY KEY, weights TEXT NOT NULL);
 """
 _UPSERT = (
     "INSERT INTO seen (flag, variant, user, t) VALUES (?, ?, ?, ?) "
@@ -217,6 +219,7 @@ class LocalStore:
                     with contextlib.suppress(FileNotFoundError), open(name, "rb") as file:
                         headers.append(file.read(_REGISTERS))
             figures = self._figures(now) if self._windows else None
+            splits = self._splits()
         if figures is None and self._windows:
             # A bucket began since the figures were computed: the first reader computes them.
             with self._locked(exclusive=True, timeout_s=self._read_timeout_s):
@@ -227,6 +230,8 @@ class LocalStore:
                 key, stats = parsed
                 if self._windows:
                     stats = _with_windows(stats, self._windows, (figures or {}).get(key, {}))
+                if key in splits:
+                    stats = dataclasses.replace(stats, split=splits[key])
                 flags[key] = stats
         return Snapshot(flags=flags)
 
@@ -253,6 +258,17 @@ class LocalStore:
         for seconds, flag, variant, users in rows:
             figures.setdefault(flag, {})[seconds, variant] = users
         return figures
+
+    def _splits(self) -> dict[str, dict[str, float]]:
+        """Every flag's expected split."""
+        db = self._database(create=False)
+        if db is None:
+            return {}
+        try:
+            rows = db.execute("SELECT flag, weights FROM splits").fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(f"could not read the splits in {self._database_name()!r}: {exc}", transient=False) from exc
+        return {flag: {str(k): float(v) for k, v in json.loads(weights).items()} for flag, weights in rows}
 
     def _compute(self, db: sqlite3.Connection, window: Window, now: float) -> None:
         db.execute("DELETE FROM figures WHERE seconds = ?", (window.seconds,))
@@ -293,7 +309,7 @@ class LocalStore:
             # Open every file and write the windows first: only this can fail, and it changes no
             # count, so a batch is either applied whole or not at all and a retry never counts twice.
             regions = {key: self._region(key) for key in (*batch.flags, *batch.pins)}
-            if self._windows:
+            if self._windows or batch.splits:
                 self._remember(batch)
             for key, delta in batch.flags.items():
                 region = regions[key]
@@ -310,20 +326,24 @@ class LocalStore:
         """Record when each user of the batch was seen, per flag and per variant served."""
         rows = []
         for key, delta in batch.flags.items():
-            if not delta.seen:
+            if not delta.seen or not self._windows:
                 continue
             rows += [(key, "", _user(digest), delta.seen) for digest in delta.members]
             for variant, served in delta.variants.items():
                 rows += [(key, variant, _user(digest), delta.seen) for digest in served]
         now = self._clock()
-        prune = now >= self._next_prune
-        if not rows and not prune:
+        prune = bool(self._windows) and now >= self._next_prune
+        if not rows and not prune and not batch.splits:
             return
         db = self._database(create=True)
         assert db is not None
         try:
             with db:
                 db.executemany(_UPSERT, rows)
+                db.executemany(
+                    "INSERT OR REPLACE INTO splits (flag, weights) VALUES (?, ?)",
+                    [(key, json.dumps(weights)) for key, weights in batch.splits.items()],
+                )
                 if prune:
                     longest = max(window.seconds + window.step for window in self._windows)
                     db.execute("DELETE FROM seen WHERE t < ?", (now - longest,))

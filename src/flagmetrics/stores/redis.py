@@ -69,8 +69,8 @@ _REMEMBERED_FLAGS: Final = 100_000  # flags whose group and keys a layout keeps 
 # KEYS: seq key, flags sorted set, counts hash, window cache hash, then per flag its HyperLogLog.
 # ARGV: seq, seq ttl (s), retention (s, 0: keep), now (Unix s), group tag, number of windows, then
 #       per window: seconds, step; then number of flags, then per flag: flag key, total, errors,
-#       seen (Unix s, 0: none), pin (JSON or ''), member count, members..., variant count, then per
-#       variant: variant, member count, members...
+#       seen (Unix s, 0: none), pin (JSON or ''), expected split (JSON or ''), member count,
+#       members..., variant count, then per variant: variant, member count, members...
 _APPLY_LUA = """
 local seq = tonumber(ARGV[1])
 local last = tonumber(redis.call('GET', KEYS[1]) or '-1')
@@ -99,10 +99,10 @@ local nflags = tonumber(ARGV[i])
 i = i + 1
 local flags = {}
 for f = 1, nflags do
-  local flag, seen, n = ARGV[i], tonumber(ARGV[i + 3]), tonumber(ARGV[i + 5])
+  local flag, seen, n = ARGV[i], tonumber(ARGV[i + 3]), tonumber(ARGV[i + 6])
   flags[f] = i
-  pfadd(KEYS[4 + f], i + 6, n)
-  local at = i + 6 + n
+  pfadd(KEYS[4 + f], i + 7, n)
+  local at = i + 7 + n
   local nvariants = tonumber(ARGV[at])
   at = at + 1
   for _, w in ipairs(windows) do
@@ -110,7 +110,7 @@ for f = 1, nflags do
     local expires = (bucket + 1) * w[3] + w[2] + w[3]
     if n > 0 and seen > 0 and expires > now then
       local key = tag .. ':wb:' .. w[1] .. ':' .. bucket .. ':' .. flag
-      pfadd(key, i + 6, n)
+      pfadd(key, i + 7, n)
       redis.call('EXPIREAT', key, expires)
     end
   end
@@ -144,13 +144,15 @@ for f = 1, nflags do
     redis.call('HSET', KEYS[3], 'seen:' .. flag, ARGV[i + 3])
   end
   if pin ~= '' then redis.call('HSET', KEYS[3], 'pin:' .. flag, pin) end
+  if ARGV[i + 5] ~= '' then redis.call('HSET', KEYS[3], 'split:' .. flag, ARGV[i + 5]) end
   redis.call('ZADD', KEYS[2], now, flag)
   if retention > 0 then redis.call('EXPIRE', KEYS[4 + f], retention) end
 end
 if retention > 0 then
   local cutoff = '(' .. (now - retention)
   for _, flag in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', cutoff)) do
-    redis.call('HDEL', KEYS[3], 'total:' .. flag, 'errors:' .. flag, 'seen:' .. flag, 'pin:' .. flag)
+    local fields = {'total:', 'errors:', 'seen:', 'pin:', 'split:'}
+    for _, field in ipairs(fields) do redis.call('HDEL', KEYS[3], field .. flag) end
     for _, w in ipairs(windows) do redis.call('HDEL', KEYS[4], w[1] .. ':' .. flag) end
   end
   redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', cutoff)
@@ -500,7 +502,7 @@ class RedisStore:
         await self._upgrade_layout()
         now = self._clock()
         entries: dict[int, list[tuple[str, FlagDelta | None, Pin | None]]] = {}
-        for flag_key in {*batch.flags, *batch.pins}:
+        for flag_key in {*batch.flags, *batch.pins, *batch.splits}:
             entry = (flag_key, batch.flags.get(flag_key), batch.pins.get(flag_key))
             entries.setdefault(self._layout.group(flag_key), []).append(entry)
         calls: list[_Call] = []
@@ -527,6 +529,7 @@ class RedisStore:
                     delta.errors if delta is not None else 0,
                     delta.seen if delta is not None and delta.total else 0,
                     json.dumps([pin.unique_users, pin.error_rate]) if pin is not None else "",
+                    json.dumps(split) if (split := batch.splits.get(flag_key)) is not None else "",
                     len(members),
                 )
                 args.extend(members)
@@ -596,6 +599,7 @@ class RedisStore:
                     pinned_error_rate=_pin_rate(pin) if pin else None,
                     last_evaluated_s=float(seen) if seen else None,
                     windows=windows,
+                    split=_split(counts.get(b"split:" + raw)),
                 )
         return Snapshot(flags=result)
 
@@ -810,6 +814,13 @@ def _window_stats(text: bytes) -> WindowStats:
         return WindowStats(int(users))
     pairs = iter(flat)
     return WindowStats(int(users), {str(variant): int(count) for variant, count in zip(pairs, pairs, strict=True)})
+
+
+def _split(raw: bytes | None) -> dict[str, float] | None:
+    """Expected weights as the store keeps them (JSON), or None."""
+    if not raw:
+        return None
+    return {str(variant): float(weight) for variant, weight in json.loads(raw).items()}
 
 
 def _pin_users(pin_json: bytes | None, counted: int) -> int:
