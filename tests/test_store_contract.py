@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import glob
 import os
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,11 +20,27 @@ import pytest
 import redis.asyncio as aioredis
 
 from flagmetrics.stores import LocalStore, RedisStore
-from flagmetrics.stores.base import Batch, FlagDelta, Pin, Snapshot, Store
+from flagmetrics.stores.base import Batch, FlagDelta, Pin, Snapshot, Store, WindowStats
 from tests.helpers import UNICODE_KEY, batch, redis_contents, users
 from tests.processes import RedisCluster, RedisServer
 
 RAW_ID = b"raw-user-id-7f3a@example.com"
+WINDOWS = "20s,1h"
+
+
+class Clock:
+    """A settable clock for the stores' windows, from the real time on (Redis expires keys by its own)."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
 
 
 @dataclass
@@ -41,11 +58,11 @@ def local_directory(request: pytest.FixtureRequest, tmp_path: Path) -> StoreUnde
     async def contents() -> bytes:
         return await asyncio.to_thread(read)
 
-    return StoreUnderTest(LocalStore(str(tmp_path)), contents)
+    return StoreUnderTest(LocalStore(str(tmp_path), windows=WINDOWS, clock=request.getfixturevalue("clock")), contents)
 
 
 def local_memory(request: pytest.FixtureRequest, tmp_path: Path) -> StoreUnderTest:
-    store = LocalStore(None)
+    store = LocalStore(None, windows=WINDOWS, clock=request.getfixturevalue("clock"))
 
     async def contents() -> bytes:
         return b"".join(bytes(region.buffer) for region in store._files.values())
@@ -55,20 +72,22 @@ def local_memory(request: pytest.FixtureRequest, tmp_path: Path) -> StoreUnderTe
 
 def redis_fake(request: pytest.FixtureRequest, tmp_path: Path) -> StoreUnderTest:
     client = fakeredis.aioredis.FakeRedis(server=fakeredis.FakeServer())
-    store = RedisStore(client)
+    store = RedisStore(client, windows=WINDOWS, clock=request.getfixturevalue("clock"))
     return StoreUnderTest(store, lambda: redis_contents(store.client))
 
 
 def redis_server(request: pytest.FixtureRequest, tmp_path: Path) -> StoreUnderTest:
     server: RedisServer = request.getfixturevalue("redis_server")
-    store = RedisStore.from_url(server.url)
+    store = RedisStore.from_url(server.url, windows=WINDOWS)
+    store._clock = request.getfixturevalue("clock")
     return StoreUnderTest(store, lambda: redis_contents(store.client))
 
 
 def redis_cluster(request: pytest.FixtureRequest, tmp_path: Path) -> StoreUnderTest:
     cluster: RedisCluster = request.getfixturevalue("redis_cluster")
     prefix: str = request.getfixturevalue("cluster_prefix")
-    store = RedisStore.from_url(cluster.url, cluster=True, key_prefix=prefix)
+    store = RedisStore.from_url(cluster.url, cluster=True, key_prefix=prefix, windows=WINDOWS)
+    store._clock = request.getfixturevalue("clock")
 
     async def contents() -> bytes:
         found = []
@@ -255,3 +274,76 @@ def test_no_raw_user_id_is_ever_stored(subject: StoreUnderTest) -> None:
     assert b"user-0" not in clean
     assert b"user-1" not in clean
     assert RAW_ID in control
+
+
+def near(value: int, expected: int) -> bool:
+    """Within 2% (a HyperLogLog's count; the local store counts windows exactly)."""
+    return abs(value - expected) <= max(1, expected * 0.02)
+
+
+def test_windows_count_the_users_of_their_last_seconds_in_all_and_per_variant(
+    subject: StoreUnderTest, clock: Clock
+) -> None:
+    def delta(first: int, stop: int, on: int) -> FlagDelta:
+        served = {"on": users(first, first + on), "off": users(first + on, stop)}
+        return FlagDelta(stop - first, 0, users(first, stop), clock.now, served)
+
+    async def scenario(store: Store) -> list[Snapshot]:
+        start = clock.now
+        await store.push(batch(1, {"a": delta(0, 300, 100)}))
+        first = await store.snapshot()
+        clock.now = start + 30  # past the 20s window and its bucket, inside the hour
+        await store.push(batch(2, {"a": delta(1000, 1200, 150)}))
+        later = await store.snapshot()
+        clock.now = start + 30 + 301  # a bucket of the hour later: its figure is computed again
+        return [first, later, await store.snapshot()]
+
+    first, later, hour_later = (snapshot.flags["a"] for snapshot in run(subject, scenario))
+    for stats, window in ((first, "20s"), (first, "1h"), (later, "20s")):
+        expected = (300, 100, 200) if stats is first else (200, 150, 50)
+        figures_ = stats.windows[window]
+        assert near(figures_.users, expected[0]), (window, figures_)
+        assert near(figures_.variants["on"], expected[1])
+        assert near(figures_.variants["off"], expected[2])
+    assert near(later.unique_users, 500)
+    # The hour's figure lags by at most one bucket (5 min): computed again once the next one began.
+    assert later.windows["1h"].users in (first.windows["1h"].users, hour_later.windows["1h"].users)
+    assert near(hour_later.windows["1h"].users, 500)
+    assert near(hour_later.windows["1h"].variants["on"], 250)
+    assert hour_later.windows["20s"] == WindowStats(0, hour_later.windows["20s"].variants)
+    assert all(users == 0 for users in hour_later.windows["20s"].variants.values())
+
+
+def test_the_last_evaluation_is_the_latest_of_every_writer(subject: StoreUnderTest, clock: Clock) -> None:
+    snapshot = run(
+        subject,
+        pushed(
+            batch(1, {"a": FlagDelta(1, 0, users(0, 1), clock.now + 5)}, writer="w1"),
+            batch(1, {"a": FlagDelta(1, 0, users(1, 2), clock.now + 2)}, writer="w2"),
+            batch(1, {"b": FlagDelta(1, 0)}, writer="w3"),
+        ),
+    )
+    assert snapshot.flags["a"].last_evaluated_s == pytest.approx(clock.now + 5)
+    assert snapshot.flags["b"].last_evaluated_s is None
+
+
+def test_an_expected_split_is_kept_and_outlives_a_reset_that_clears_the_windows(
+    subject: StoreUnderTest, clock: Clock
+) -> None:
+    async def scenario(store: Store) -> tuple[Snapshot, Snapshot]:
+        served = {"on": users(0, 60), "off": users(60, 100)}
+        split = Batch(
+            "w", 1, {"a": FlagDelta(100, 0, users(0, 100), clock.now, served)}, splits={"a": {"on": 1, "off": 1}}
+        )
+        await store.push(split)
+        before = await store.snapshot()
+        await store.reset("a")
+        await store.push(batch(2, {"a": FlagDelta(1, 0)}))
+        return before, await store.snapshot()
+
+    before, after = run(subject, scenario)
+    assert before.flags["a"].split == {"on": 1.0, "off": 1.0}
+    assert near(before.flags["a"].windows["20s"].variants["off"], 40)
+    assert after.flags["a"].split == {"on": 1.0, "off": 1.0}
+    assert after.flags["a"].windows["20s"].users == 0
+    assert after.flags["a"].windows["1h"].users == 0

@@ -1,7 +1,7 @@
 """Internal: trailing windows (`FLAGMETRICS_WINDOWS`), their time buckets, and the split check's statistics.
 
-A window of W seconds is cut into buckets of `step = max(1, W // 12)` seconds, numbered from the Unix
-epoch. A flush adds each flag's users to the bucket of the moment its batch was cut; a window's
+A window of W seconds is cut into about twelve buckets of `step` seconds (a divisor of W), numbered
+from the Unix epoch. A flush adds each flag's users to the bucket of the moment its batch was cut; a window's
 figure is the union of the last `span + 1` buckets (the current one included), so it covers between
 W and W plus one step. Stores may cache a window's figure for the rest of the bucket it was computed
 in, so a figure lags by at most one step (under 2 s for a 20 s window, 5 min for an hour).
@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 from flagmetrics.events import valid_label
@@ -45,16 +45,18 @@ class Window:
 
     label: str
     seconds: int
+    step: int = field(init=False, compare=False)
+    """Seconds per bucket: the largest divisor of `seconds` up to a twelfth of it (so buckets tile the
+    window), unless that makes more than 60 buckets; then a twelfth, and a figure may cover up to two
+    steps more than the window."""
+    span: int = field(init=False, compare=False)
+    """Whole buckets before the current one that a figure unites: `ceil(seconds / step)`."""
 
-    @property
-    def step(self) -> int:
-        """Seconds per bucket."""
-        return max(1, self.seconds // BUCKETS_PER_WINDOW)
-
-    @property
-    def span(self) -> int:
-        """Whole buckets before the current one that a figure unites: `ceil(seconds / step)`."""
-        return -(-self.seconds // self.step)
+    def __post_init__(self) -> None:
+        target = max(1, self.seconds // BUCKETS_PER_WINDOW)
+        step = next((d for d in range(target, 0, -1) if self.seconds % d == 0 and self.seconds // d <= 60), target)
+        object.__setattr__(self, "step", step)
+        object.__setattr__(self, "span", -(-self.seconds // step))
 
     def bucket(self, t: float) -> int:
         """The number of the bucket holding Unix time `t`."""
