@@ -107,11 +107,13 @@ async def index(flags: FeatureFlagClient, user: str | None = None, plan: str = "
     }
 
 
-def create_app(exporter: PrometheusExporter | None, collector: Any = None) -> Litestar:
+def create_app(
+    exporter: PrometheusExporter | None, collector: Any = None, extra_flags: list[FeatureFlag] | None = None
+) -> Litestar:
     """The example app: a real FeatureFlagClient reporting to `exporter`, which serves /metrics.
 
     Without an exporter the same flags and routes run with `collector` (or none) as litestar-flags'
-    analytics collector and no metrics at all, for comparisons.
+    analytics collector and no metrics at all, for comparisons. `extra_flags` are served too.
     """
     storage = MemoryStorageBackend()
     flags = FeatureFlagClient(storage=storage, analytics_collector=exporter or collector)
@@ -121,7 +123,7 @@ def create_app(exporter: PrometheusExporter | None, collector: Any = None) -> Li
     @asynccontextmanager
     async def seeded_flags(app: Litestar) -> AsyncIterator[None]:
         """Load the example flags into this worker's in-memory storage."""
-        for flag in example_flags():
+        for flag in [*example_flags(), *(extra_flags or [])]:
             await storage.create_flag(flag)
         yield
 

@@ -40,6 +40,8 @@ class Tally:
 
     evaluations: Counter[tuple[str, str, str]] = field(default_factory=Counter)
     users: dict[str, set[str]] = field(default_factory=dict)
+    exposures: dict[tuple[str, str], set[str]] = field(default_factory=dict)
+    """The users served each (flag, variant), ERROR and variant-less answers left out."""
     failed_requests: int = 0
 
     def add(self, request: Request, answer: dict[str, object]) -> None:
@@ -47,12 +49,16 @@ class Tally:
         variant = "" if answer.get("error_code") else str(answer.get("variant") or "")
         self.evaluations[(request.flag_key, reason, variant)] += 1
         self.users.setdefault(request.flag_key, set()).add(request.user)
+        if variant and reason != "ERROR":
+            self.exposures.setdefault((request.flag_key, variant), set()).add(request.user)
 
     def update(self, other: Tally) -> None:
         """Add what another run's tally saw."""
         self.evaluations.update(other.evaluations)
         for flag_key, users in other.users.items():
             self.users.setdefault(flag_key, set()).update(users)
+        for exposure, served in other.exposures.items():
+            self.exposures.setdefault(exposure, set()).update(served)
         self.failed_requests += other.failed_requests
 
     def totals(self) -> Counter[str]:

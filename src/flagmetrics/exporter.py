@@ -129,6 +129,7 @@ class PrometheusExporter:
         )
         self._start_pending = True
         self._fleet_keys: frozenset[str] = frozenset()
+        self._declared_splits: set[str] = set()
         self._log = ThrottledLog()
 
     # -- properties kept from litestar-flags' exporter ---------------------------------------------
@@ -314,18 +315,25 @@ class PrometheusExporter:
                 f"could not update {len(failed)} of {len(flag_keys)} flags from the aggregator: " + "; ".join(failed)
             )
 
-    def expect_split(self, flag_key: str, weights: Mapping[str, float]) -> None:
+    def expect_split(self, flag_key: str, weights: Mapping[str, float], *, declared: bool = True) -> None:
         """Declare the weights a flag's variants are served with, for the split check of every scrape.
 
         `weights` maps each variant to its share (any scale: `{"control": 50, "treatment": 50}`); the
         gauge `feature_flag_split_p_value{flag_key,window}` then tests each window's users per
         variant against it. Kept in the fleet store (a reset leaves it), replaced by the next call.
+        With `declared` False (weights read from flag definitions, as `instrument` does), the call
+        is ignored for a flag whose split this process declared itself.
         """
         if not valid_label(flag_key):
             raise ConfigurationError(
                 f"`flag_key` must be a printable string of 1 to {MAX_KEY_LENGTH} characters, got {flag_key!r}"
             )
-        self._buffer.expect(flag_key, split_weights(flag_key, weights))
+        checked = split_weights(flag_key, weights)
+        if declared:
+            self._declared_splits.add(flag_key)
+        elif flag_key in self._declared_splits:
+            return
+        self._buffer.expect(flag_key, checked)
         if self._start_pending:
             self._start()
 

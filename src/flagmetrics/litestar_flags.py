@@ -75,7 +75,7 @@ def instrument(client: FeatureFlagClient, exporter: PrometheusExporter) -> Featu
             flag = await client.storage.get_flag(flag_key)
             split = served_split(getattr(flag, "variants", None) or ())
             if split is not None:
-                exporter.expect_split(flag_key, split)
+                exporter.expect_split(flag_key, split, declared=False)
         except Exception as exc:
             _log.warning("split", "flagmetrics: could not read the split of %r: %s", flag_key, exc)
 
