@@ -24,9 +24,18 @@ from tests.test_grafana_dashboard import exported_metric_names, metric_names
 EXAMPLES = REPO / "examples" / "prometheus"
 RULES = EXAMPLES / "rules.yml"
 RULES_TEST = EXAMPLES / "rules_test.yml"
+RULES_TESTS = (RULES_TEST, EXAMPLES / "rules_days_test.yml")
+"""The unit tests: every minute for minutes and hours, every hour for days."""
 CONFIG = EXAMPLES / "prometheus.yml"
 
-FLEET_GAUGES = ("feature_flag_unique_users", "feature_flag_error_rate")
+FLEET_GAUGES = (
+    "feature_flag_unique_users",
+    "feature_flag_error_rate",
+    "feature_flag_last_evaluated_timestamp_seconds",
+    "feature_flag_window_unique_users",
+    "feature_flag_window_variant_unique_users",
+    "feature_flag_split_p_value",
+)
 
 
 def promtool(*args: str) -> subprocess.CompletedProcess[str]:
@@ -61,7 +70,7 @@ def test_rules_pass_promtool_check() -> None:
 
 
 def test_rules_unit_tests_pass() -> None:
-    result = promtool("test", "rules", str(RULES_TEST))
+    result = promtool("test", "rules", *map(str, RULES_TESTS))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout
     assert "FAILED" not in result.stdout + result.stderr
@@ -95,6 +104,11 @@ MUTATIONS = {
     "latency delay shortened": ("FeatureFlagEvaluationSlow", "for", "10m", "1m"),
     "store-down delay shortened": ("FlagMetricsFleetStoreDown", "for", "5m", "1m"),
     "dropped-events window shortened": ("FlagMetricsEventsDropped", "expr", "[10m]", "[1m]"),
+    "stale after 3 days": ("FeatureFlagStale", "expr", "30 * 86400", "3 * 86400"),
+    "rolled out with several variants": ("FeatureFlagFullyRolledOut", "expr", "== 1", ">= 1"),
+    "rolled out over the hour": ("FeatureFlagFullyRolledOut", "expr", 'window="7d"', 'window="1h"'),
+    "split check at 1%": ("FeatureFlagSampleRatioMismatch", "expr", "< 0.001", "< 0.01"),
+    "window gauge summed": ("flagmetrics:feature_flag_window_unique_users:max", "expr", "max by", "sum by"),
 }
 
 
@@ -116,10 +130,16 @@ def test_unmutated_rules_rewritten_still_pass(tmp_path: Path) -> None:
 
 
 def _unit_tests_on(document: Any, directory: Path) -> subprocess.CompletedProcess[str]:
-    """Run rules_test.yml against `document` written as rules.yml in `directory`."""
+    """Run the unit tests against `document` written as rules.yml in `directory`."""
     (directory / RULES.name).write_text(yaml.safe_dump(document, sort_keys=False))
-    shutil.copy(RULES_TEST, directory / RULES_TEST.name)
-    return promtool("test", "rules", str(directory / RULES_TEST.name))
+    for path in RULES_TESTS:
+        shutil.copy(path, directory / path.name)
+    return promtool("test", "rules", *(str(directory / path.name) for path in RULES_TESTS))
+
+
+def unit_tests() -> list[dict[str, Any]]:
+    """Every test group of every unit-test file."""
+    return [test for path in RULES_TESTS for test in load(path)["tests"]]
 
 
 def test_example_config_passes_promtool_check() -> None:
@@ -147,7 +167,7 @@ def test_example_config_scrapes_the_metrics_route_and_loads_the_rules() -> None:
 
 def _alert_cases() -> dict[str, list[list[Any]]]:
     cases: dict[str, list[list[Any]]] = {}
-    for test in load(RULES_TEST)["tests"]:
+    for test in unit_tests():
         for case in test.get("alert_rule_test", []):
             cases.setdefault(case["alertname"], []).append(case["exp_alerts"])
     return cases
@@ -164,7 +184,7 @@ def test_every_alert_is_tested_firing_and_not_firing() -> None:
 def test_every_recording_rule_is_tested() -> None:
     tested = {
         case["expr"].strip()
-        for test in load(RULES_TEST)["tests"]
+        for test in unit_tests()
         for case in test.get("promql_expr_test", [])
         if case.get("exp_samples")
     }
@@ -174,7 +194,7 @@ def test_every_recording_rule_is_tested() -> None:
 def test_unit_tests_use_only_series_flagmetrics_exports() -> None:
     """Input series named after the real metrics: a renamed metric breaks the rules and this test."""
     exported = exported_metric_names()
-    for test in load(RULES_TEST)["tests"]:
+    for test in unit_tests():
         for series in test["input_series"]:
             name = re.match(r"[\w:]+", series["series"])
             assert name is not None, series["series"]
@@ -200,13 +220,16 @@ def test_recording_rule_names() -> None:
 
 def test_fleet_gauges_are_aggregated_with_max() -> None:
     """Every host reports the same fleet-wide value: summing over targets multiplies it."""
-    using = [rule for rule in rules() if any(g in rule["expr"] for g in FLEET_GAUGES)]
-    assert {rule.get("record") for rule in using} == {
-        "flagmetrics:feature_flag_unique_users:max",
-        "flagmetrics:feature_flag_error_rate:max",
-    }
+    using = [rule for rule in rules() if metric_names(rule["expr"]) & set(FLEET_GAUGES)]
+    recorded = [rule for rule in using if "record" in rule]
+    assert {rule["record"] for rule in recorded} == {f"flagmetrics:{gauge}:max" for gauge in FLEET_GAUGES}
     for rule in using:
-        assert re.fullmatch(r"max by \(flag_key\) \(feature_flag_\w+\)", rule["expr"].strip()), rule
+        for gauge in metric_names(rule["expr"]) & set(FLEET_GAUGES):
+            assert re.search(rf"max by \([\w, ]+\) \({gauge}\b", rule["expr"]), (rule, gauge)
+    for rule in recorded:
+        assert re.fullmatch(r"max by \(flag_key(, variant)?(, window)?\) \(feature_flag_\w+\)", rule["expr"].strip()), (
+            rule
+        )
 
 
 def test_latency_percentiles_are_recorded() -> None:
@@ -232,7 +255,13 @@ def test_required_alerts() -> None:
         "FeatureFlagEvaluationSlow",
         "FlagMetricsFleetStoreDown",
         "FlagMetricsEventsDropped",
+        "FeatureFlagStale",
+        "FeatureFlagFullyRolledOut",
+        "FeatureFlagSampleRatioMismatch",
     }
+    assert "30 * 86400" in found["FeatureFlagStale"]["expr"]
+    assert 'window="7d"' in found["FeatureFlagFullyRolledOut"]["expr"]
+    assert "< 0.001" in found["FeatureFlagSampleRatioMismatch"]["expr"]
     assert found["FeatureFlagHighErrorRate"]["for"]
     assert "p99" in found["FeatureFlagEvaluationSlow"]["expr"]
     assert re.fullmatch(r"flagmetrics_store_up == 0", found["FlagMetricsFleetStoreDown"]["expr"].strip())
