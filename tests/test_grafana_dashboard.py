@@ -275,14 +275,23 @@ def test_every_exported_family_is_on_the_dashboard() -> None:
 
 def test_fleet_gauges_are_aggregated_with_max() -> None:
     """Every target scrapes the same fleet-wide value: summing over targets would multiply it."""
-    fleet = ("feature_flag_unique_users", "feature_flag_error_rate")
+    fleet = (
+        "feature_flag_unique_users",
+        "feature_flag_error_rate",
+        "feature_flag_last_evaluated_timestamp_seconds",
+        "feature_flag_window_unique_users",
+        "feature_flag_window_variant_unique_users",
+        "feature_flag_split_p_value",
+    )
     uses = [(where, expr) for where, expr in TARGETS if any(g in expr for g in fleet)]
-    assert len(uses) >= 2
+    assert len(uses) >= 6
     for where, expr in uses:
         for gauge in fleet:
-            for match in re.finditer(rf"{gauge}\b", expr):
+            for match in re.finditer(rf"\b{gauge}\b", expr):
                 before = expr[: match.start()]
-                assert re.search(r"max by \(flag_key\) \($", before), f"{where}: {gauge} not under max by (flag_key)"
+                assert re.search(r"max by \(flag_key(, variant)?(, window)?\) \($", before), (
+                    f"{where}: {gauge} not under max"
+                )
 
 
 def test_required_panels_exist() -> None:
@@ -299,6 +308,10 @@ def test_required_panels_exist() -> None:
         "Dropped events": ("flagmetrics_dropped_events_total", "instance"),
         "Invalid events": ("flagmetrics_invalid_events_total", "defect"),
         "Cardinality overflow": ("flagmetrics_cardinality_overflow_total", "kind"),
+        "Recent users per window": ("feature_flag_window_unique_users", "window"),
+        "Exposure per variant": ("feature_flag_window_variant_unique_users", "variant"),
+        "Time since last evaluation": ("feature_flag_last_evaluated_timestamp_seconds", "time()"),
+        "Split check (p-value)": ("feature_flag_split_p_value", "window"),
     }
     for title, (metric, label) in required.items():
         assert title in titles, f"missing panel {title!r}"
