@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -48,6 +49,12 @@ EXPECTED = {
     "legacy": {"evaluations": 0, "errors": 0, "error_rate": 0.125, "unique_users": 500, "pinned": True},
     "search": {"evaluations": 3, "errors": 2, "error_rate": 2 / 3, "unique_users": 2, "pinned": False},
 }
+
+
+def core(document: dict[str, Any]) -> dict[str, Any]:
+    """An `inspect --json` document with each flag's counts only (no time, window or split)."""
+    flags = {flag: {k: v for k, v in row.items() if k in EXPECTED["banner"]} for flag, row in document["flags"].items()}
+    return {**document, "flags": flags}
 
 
 def write_directory(path: Path) -> None:
@@ -221,8 +228,14 @@ def test_inspect_json_has_exact_figures(capsys: pytest.CaptureFixture[str], stor
     code, out, err = run(capsys, "inspect", *store_args, "--json")
     assert (code, err) == (0, "")
     document = json.loads(out)
-    assert document["flags"] == EXPECTED
+    assert core(document)["flags"] == EXPECTED
     assert list(document["flags"]) == sorted(EXPECTED)
+    checkout = document["flags"]["checkout"]
+    assert time.time() - 600 < checkout["last_evaluated"] <= time.time()
+    assert checkout["windows"]["1h"]["unique_users"] == 4
+    assert set(checkout["windows"]) == {"1h", "24h", "7d"}
+    assert checkout["expected_split"] is None
+    assert document["flags"]["legacy"]["last_evaluated"] is None
 
 
 def test_inspect_table_has_exact_figures_sorted_by_flag(
@@ -231,14 +244,19 @@ def test_inspect_table_has_exact_figures_sorted_by_flag(
     code, out, err = run(capsys, "inspect", *store_args)
     assert (code, err) == (0, "")
     lines = out.splitlines()
-    assert lines[0].split() == ["FLAG", "EVALUATIONS", "ERRORS", "ERROR", "RATE", "UNIQUE", "USERS"]
-    assert [line.split() for line in lines[1:5]] == [
-        ["banner", "2", "0", "0.00%", "2"],
-        ["checkout", "4", "1", "25.00%", "4"],
-        ["legacy", "0", "0", "12.50%*", "500*"],
-        ["search", "3", "2", "66.67%", "2"],
+    assert lines[0].split() == [
+        "FLAG", "EVALUATIONS", "ERRORS", "ERROR", "RATE", "UNIQUE", "USERS",
+        "USERS", "1h", "USERS", "24h", "USERS", "7d", "LAST", "EVALUATED",
+    ]  # fmt: skip
+    rows = [line.split() for line in lines[1:5]]
+    assert [row[:8] for row in rows] == [
+        ["banner", "2", "0", "0.00%", "2", "2", "2", "2"],
+        ["checkout", "4", "1", "25.00%", "4", "4", "4", "4"],
+        ["legacy", "0", "0", "12.50%*", "500*", "0", "0", "0"],
+        ["search", "3", "2", "66.67%", "2", "2", "2", "2"],
     ]
-    assert lines[5:] == ["", "* pinned with update_from_metrics(): set from outside, not computed from evaluations"]
+    assert [row[8:] for row in rows] == [[row[8], "ago"] for row in rows[:2]] + [["-"]] + [[rows[3][8], "ago"]]
+    assert lines[5:7] == ["", "* pinned with update_from_metrics(): set from outside, not computed from evaluations"]
 
 
 @pytest.mark.redis
@@ -250,7 +268,7 @@ def test_inspect_reads_the_redis_url_and_key_prefix_from_the_environment(
     monkeypatch.setenv("FLAGMETRICS_KEY_PREFIX", "shop")
     code, out, _ = run(capsys, "inspect", "--json")
     assert code == 0
-    assert json.loads(out) == {"store": {"redis_url": redis_server.url, "key_prefix": "shop"}, "flags": EXPECTED}
+    assert core(json.loads(out)) == {"store": {"redis_url": redis_server.url, "key_prefix": "shop"}, "flags": EXPECTED}
 
     code, out, _ = run(capsys, "inspect", "--key-prefix", "other")
     assert (code, out) == (0, f"no flags recorded yet in Redis at {redis_server.url} (key prefix 'other')\n")
@@ -346,7 +364,7 @@ def test_a_password_protected_redis_is_read_and_its_password_never_printed(
     assert (code, err) == (0, "")
     document = json.loads(out)
     assert document["store"]["redis_url"] == f"redis://:***@{LOOPBACK}:{redis_server.port}/0"
-    assert document["flags"] == EXPECTED
+    assert core(document)["flags"] == EXPECTED
     assert PASSWORD not in out
 
     wrong = f"redis://:wrong-{PASSWORD}@{LOOPBACK}:{redis_server.port}/0"
@@ -497,7 +515,7 @@ def test_inspect_and_serve_read_a_redis_cluster(
     code, out, err = run(capsys, "inspect", *options, "--json")
     assert (code, err) == (0, "")
     store = {"redis_url": redis_cluster.url, "key_prefix": cluster_prefix, "cluster": True}
-    assert json.loads(out) == {"store": store, "flags": EXPECTED}
+    assert core(json.loads(out)) == {"store": store, "flags": EXPECTED}
 
     with serving(tmp_path, *options, "--token", TOKEN) as served:
         assert f"Redis Cluster at {redis_cluster.url}" in served.output()

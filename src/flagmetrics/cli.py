@@ -11,7 +11,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import FrameType
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -24,6 +24,7 @@ from flagmetrics.exposition import ScrapeSource
 from flagmetrics.server import start_metrics_server
 from flagmetrics.stores import default_store
 from flagmetrics.stores.base import FlagStats, Snapshot, Store, snapshot_within
+from flagmetrics.windows import split_p_value
 
 __all__ = ["main"]
 
@@ -402,7 +403,51 @@ def _as_json(stats: FlagStats) -> dict[str, Any]:
         "error_rate": stats.error_rate,
         "unique_users": stats.unique_users,
         "pinned": stats.pinned_error_rate is not None,
+        "last_evaluated": stats.last_evaluated_s,
+        "expected_split": dict(stats.split) if stats.split is not None else None,
+        "windows": {
+            window: {
+                "unique_users": figures.users,
+                "variants": dict(sorted(figures.variants.items())),
+                "split_p_value": split_p_value(figures.variants, stats.split) if stats.split is not None else None,
+            }
+            for window, figures in stats.windows.items()
+        },
     }
+
+
+def _age(last_evaluated_s: float | None, now: float) -> str:
+    """How long ago a flag was last evaluated, in its largest unit (`-` when unknown)."""
+    if last_evaluated_s is None:
+        return "-"
+    seconds = max(0.0, now - last_evaluated_s)
+    for unit, size in (("d", 86_400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit} ago"
+    return f"{int(seconds)}s ago"
+
+
+def _experiments(snapshot: Snapshot) -> list[str]:
+    """One line per flag and window with users per variant, and the split check where there is one."""
+    lines = []
+    for key, stats in sorted(snapshot.flags.items()):
+        for window, figures in stats.windows.items():
+            if not figures.variants:
+                continue
+            served = ", ".join(f"{variant} {users}" for variant, users in sorted(figures.variants.items()))
+            line = f"{key} ({window}): {served}"
+            if stats.split is not None:
+                p_value = split_p_value(figures.variants, stats.split)
+                check = "too few users to check" if p_value is None else f"p = {p_value:.3g}"
+                mismatch = " MISMATCH" if p_value is not None and p_value < 0.001 else ""
+                line += f"; expected split {_weights(stats.split)}: {check}{mismatch}"
+            lines.append(line)
+    return lines
+
+
+def _weights(split: Mapping[str, float]) -> str:
+    total = sum(split.values()) or 1.0
+    return "/".join(f"{variant} {weight * 100 / total:.0f}%" for variant, weight in sorted(split.items()))
 
 
 def _percent(rate: float | None) -> str:
@@ -415,11 +460,33 @@ def _percent(rate: float | None) -> str:
 
 
 def _table(snapshot: Snapshot) -> str:
-    """Render the flags as an aligned table, pinned figures marked with `*` and explained below."""
-    header = ("FLAG", "EVALUATIONS", "ERRORS", "ERROR RATE", "UNIQUE USERS")
+    """Render the flags as an aligned table, pinned figures marked with `*` and explained below.
+
+    One column per trailing window (its users), the time since the last evaluation, then the users
+    per variant of each window with the split check.
+    """
+    windows = list(dict.fromkeys(window for stats in snapshot.flags.values() for window in stats.windows))
+    header = (
+        "FLAG",
+        "EVALUATIONS",
+        "ERRORS",
+        "ERROR RATE",
+        "UNIQUE USERS",
+        *(f"USERS {window}" for window in windows),
+        "LAST EVALUATED",
+    )
+    now = time.time()
     rows: list[tuple[tuple[str, ...], bool]] = [
         (
-            (key, str(stats.total), str(stats.errors), _percent(stats.error_rate), str(stats.unique_users)),
+            (
+                key,
+                str(stats.total),
+                str(stats.errors),
+                _percent(stats.error_rate),
+                str(stats.unique_users),
+                *(str(stats.windows[w].users) if w in stats.windows else "-" for w in windows),
+                _age(stats.last_evaluated_s, now),
+            ),
             stats.pinned_error_rate is not None,
         )
         for key, stats in sorted(snapshot.flags.items())
@@ -437,4 +504,7 @@ def _table(snapshot: Snapshot) -> str:
     lines = [line(header, False), *(line(row, pinned) for row, pinned in rows)]
     if any(pinned for _, pinned in rows):
         lines += ["", "* pinned with update_from_metrics(): set from outside, not computed from evaluations"]
+    experiments = _experiments(snapshot)
+    if experiments:
+        lines += ["", "Users per variant (and split check, p < 0.001 is a mismatch):", *experiments]
     return "\n".join(lines)
