@@ -21,6 +21,7 @@ SECTIONS: Final = {
     "e2e": "benchmarks.e2e",
     "accuracy": "benchmarks.accuracy",
     "fleet": "benchmarks.fleet",
+    "windows": "benchmarks.windows",
     "profile": "benchmarks.hotprofile",
 }
 """Section key (as in --only and results/<key>.json) -> its module."""

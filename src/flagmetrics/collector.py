@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import chain
 
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.utils import floatToGoString
@@ -119,23 +120,40 @@ def fleet_text(snapshot: Snapshot | None, prefix: str, *, openmetrics: bool) -> 
     store_up, *heads = _headers(prefix, openmetrics)
     if snapshot is None:
         return f"{store_up}{prefix}flagmetrics_store_up 0.0\n"
-    gauges = _gauges(prefix)
-    blocks = [[head] for head in heads]
+    users_name, rates_name, last_name, window_name, variant_name, p_name = (g.name for g in _gauges(prefix))
+    users, rates, last, windows, variants, p_values = ([head] for head in heads)
     for flag_key, stats in sorted(snapshot.flags.items()):
-        label = _escape(flag_key)
-        for index, labels, value in _samples(flag_key, stats):
-            gauge = gauges[index]
-            pairs = ",".join(
-                f'{name}="{label if name == "flag_key" else _escape(text)}"'
-                for name, text in zip(gauge.labelnames, labels, strict=True)
-            )
-            blocks[index].append(f"{gauge.name}{{{pairs}}} {floatToGoString(value)}\n")
-    return f"{store_up}{prefix}flagmetrics_store_up 1.0\n{''.join(''.join(block) for block in blocks)}"
+        flag = f'{{flag_key="{_escape(flag_key)}"'
+        users.append(f"{users_name}{flag}}} {_number(stats.unique_users)}\n")
+        rate = stats.error_rate
+        if rate is not None:
+            rates.append(f"{rates_name}{flag}}} {floatToGoString(rate)}\n")
+        if stats.last_evaluated_s is not None:
+            last.append(f"{last_name}{flag}}} {floatToGoString(stats.last_evaluated_s)}\n")
+        for window, figures in stats.windows.items():
+            labels = f'{flag},window="{_escape(window)}"}} '
+            windows.append(f"{window_name}{labels}{_number(figures.users)}\n")
+            for variant, count in sorted(figures.variants.items()):
+                variants.append(f'{variant_name}{flag},variant="{_escape(variant)}",window="{_escape(window)}"}} ')
+                variants.append(f"{_number(count)}\n")
+            if stats.split is not None:
+                p_value = split_p_value(figures.variants, stats.split)
+                if p_value is not None:
+                    p_values.append(f"{p_name}{labels}{floatToGoString(p_value)}\n")
+    body = "".join(chain(users, rates, last, windows, variants, p_values))
+    return f"{store_up}{prefix}flagmetrics_store_up 1.0\n{body}"
+
+
+def _number(value: int) -> str:
+    """A count as floatToGoString writes it, without its cost for the common small ones."""
+    return f"{value}.0" if 0 <= value < 1_000_000 else floatToGoString(value)
 
 
 def _escape(value: str) -> str:
     """A label value as both exposition formats write it."""
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+    if "\\" in value or "\n" in value or '"' in value:
+        return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+    return value
 
 
 @functools.lru_cache(maxsize=16)

@@ -9,6 +9,7 @@ in, so a figure lags by at most one step (under 2 s for a 20 s window, 5 min for
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Mapping
@@ -132,6 +133,20 @@ def split_weights(flag_key: str, weights: Mapping[str, float]) -> dict[str, floa
 
 
 def split_p_value(observed: Mapping[str, int], weights: Mapping[str, float]) -> float | None:
+    """The p-value of `observed` users per variant against the expected `weights`, or None when too few.
+
+    See `_split_p_value`; remembered for the figures seen last, as a window's figures repeat from one
+    scrape to the next until its bucket ends.
+    """
+    return _remembered_p_value(tuple(observed.items()), tuple(weights.items()))
+
+
+@functools.lru_cache(maxsize=65_536)
+def _remembered_p_value(observed: tuple[tuple[str, int], ...], weights: tuple[tuple[str, float], ...]) -> float | None:
+    return _split_p_value(dict(observed), dict(weights))
+
+
+def _split_p_value(observed: Mapping[str, int], weights: Mapping[str, float]) -> float | None:
     """The p-value of `observed` users per variant against the expected `weights`, or None when too few.
 
     A chi-square goodness-of-fit test with one cell per variant of positive weight. Each cell's

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
+import functools
 import glob
 import hashlib
 import json
@@ -29,7 +29,7 @@ import sqlite3
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Final
 
 from flagmetrics import locks, sketch
@@ -68,6 +68,11 @@ CREATE TABLE IF NOT EXISTS figures (
 CREATE TABLE IF NOT EXISTS computed (seconds INTEGER PRIMARY KEY, bucket INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS splits (flag TEXT PRIMARY KEY, weights TEXT NOT NULL);
 """
+# The `computed` row of seconds 0 counts the times the figures changed (computed or reset), so that
+# a process parses them again only then.
+_NEXT_GENERATION = (
+    "INSERT INTO computed (seconds, bucket) VALUES (0, 1) ON CONFLICT (seconds) DO UPDATE SET bucket = bucket + 1"
+)
 _UPSERT = (
     "INSERT INTO seen (flag, variant, user, t) VALUES (?, ?, ?, ?) "
     "ON CONFLICT (flag, variant, user) DO UPDATE SET t = max(t, excluded.t)"
@@ -109,8 +114,12 @@ def _clear(buffer: mmap.mmap | bytearray) -> None:
     buffer[_REGISTERS:_FILE_SIZE] = bytes(sketch.REGISTERS)
 
 
-def _parse(header: bytes) -> tuple[str, FlagStats] | None:
-    """Read a flag's key and figures from the first `_REGISTERS` bytes of its file."""
+def _parse(
+    header: bytes,
+    windows: Mapping[str, Mapping[str, WindowStats]] | None = None,
+    splits: Mapping[str, Mapping[str, float]] | None = None,
+) -> tuple[str, FlagStats] | None:
+    """Read a flag's key and figures from the first `_REGISTERS` bytes of its file, with its windows and split."""
     if len(header) < _REGISTERS:
         return None
     magic, key_length = _HEADER.unpack_from(header)
@@ -124,6 +133,8 @@ def _parse(header: bytes) -> tuple[str, FlagStats] | None:
         return None
     key = header[_KEY : _KEY + key_length].decode("utf-8", "replace")
     return key, FlagStats(
+        windows=(windows or {}).get(key) or (windows or {}).get("", {}),
+        split=(splits or {}).get(key),
         total=total,
         errors=errors,
         unique_users=pin_users if pinned else sketch.estimate(histogram),
@@ -170,6 +181,7 @@ class LocalStore:
         self._db: sqlite3.Connection | None = None
         self._db_pid = 0
         self._next_prune = 0.0
+        self._parsed_figures: tuple[dict[int, int], dict[str, dict[str, WindowStats]]] | None = None
 
     @property
     def windows(self) -> tuple[Window, ...]:
@@ -225,18 +237,14 @@ class LocalStore:
             with self._locked(exclusive=True, timeout_s=self._read_timeout_s):
                 figures = self._figures(now, compute=True)
         for header in headers:
-            parsed = _parse(header)
+            parsed = _parse(header, figures, splits)
             if parsed is not None:
-                key, stats = parsed
-                if self._windows:
-                    stats = _with_windows(stats, self._windows, (figures or {}).get(key, {}))
-                if key in splits:
-                    stats = dataclasses.replace(stats, split=splits[key])
-                flags[key] = stats
+                flags[parsed[0]] = parsed[1]
         return Snapshot(flags=flags)
 
-    def _figures(self, now: float, *, compute: bool = False) -> dict[str, dict[tuple[int, str], int]] | None:
-        """Every flag's window figures by (seconds, variant), or None when one is stale and `compute` is off."""
+    def _figures(self, now: float, *, compute: bool = False) -> dict[str, dict[str, WindowStats]] | None:
+        """Every flag's window figures by window label (a flag without any under `""`), or None when one is
+        stale and `compute` is off. Parsed once per bucket: kept until the figures are computed again."""
         db = self._database(create=compute)
         if db is None:
             return {}
@@ -249,14 +257,21 @@ class LocalStore:
                 with db:
                     for window in stale:
                         self._compute(db, window, now)
+                    db.execute(_NEXT_GENERATION)
+                computed = dict(db.execute("SELECT seconds, bucket FROM computed").fetchall())
+            if self._parsed_figures is not None and self._parsed_figures[0] == computed:
+                return self._parsed_figures[1]
             rows = db.execute("SELECT seconds, flag, variant, users FROM figures").fetchall()
         except sqlite3.Error as exc:
             raise StoreError(
                 f"could not read the windows in {self._database_name()!r}: {exc}", transient=False
             ) from exc
-        figures: dict[str, dict[tuple[int, str], int]] = {}
+        by_flag: dict[str, dict[tuple[int, str], int]] = {}
         for seconds, flag, variant, users in rows:
-            figures.setdefault(flag, {})[seconds, variant] = users
+            by_flag.setdefault(flag, {})[seconds, variant] = users
+        figures = {flag: _window_figures(self._windows, counts) for flag, counts in by_flag.items()}
+        figures[""] = _window_figures(self._windows, {})
+        self._parsed_figures = (computed, figures)
         return figures
 
     def _splits(self) -> dict[str, dict[str, float]]:
@@ -268,7 +283,7 @@ class LocalStore:
             rows = db.execute("SELECT flag, weights FROM splits").fetchall()
         except sqlite3.Error as exc:
             raise StoreError(f"could not read the splits in {self._database_name()!r}: {exc}", transient=False) from exc
-        return {flag: {str(k): float(v) for k, v in json.loads(weights).items()} for flag, weights in rows}
+        return {flag: _weights(weights) for flag, weights in rows}
 
     def _compute(self, db: sqlite3.Connection, window: Window, now: float) -> None:
         db.execute("DELETE FROM figures WHERE seconds = ?", (window.seconds,))
@@ -365,6 +380,8 @@ class LocalStore:
                     else:
                         db.execute("DELETE FROM seen WHERE flag = ?", (flag_key,))
                         db.execute("DELETE FROM figures WHERE flag = ?", (flag_key,))
+                    db.execute("DELETE FROM computed WHERE seconds > 0")  # computed again by the next read
+                    db.execute(_NEXT_GENERATION)  # and parsed again by every process
             if flag_key is not None:
                 _clear(self._region(flag_key).buffer)
                 return
@@ -428,12 +445,18 @@ def _user(digest: bytes) -> int:
     return int.from_bytes(digest[:8], "little", signed=True)
 
 
-def _with_windows(stats: FlagStats, windows: tuple[Window, ...], figures: dict[tuple[int, str], int]) -> FlagStats:
-    """`stats` with a flag's window figures: each window's users, and each variant's that has any."""
-    by_window: dict[str, WindowStats] = {}
-    for window in windows:
-        variants = {
-            variant: users for (seconds, variant), users in figures.items() if seconds == window.seconds and variant
-        }
-        by_window[window.label] = WindowStats(figures.get((window.seconds, ""), 0), variants)
-    return dataclasses.replace(stats, windows=by_window)
+@functools.lru_cache(maxsize=100_000)
+def _weights(text: str) -> dict[str, float]:
+    """Expected weights as the database keeps them (JSON)."""
+    return {str(variant): float(weight) for variant, weight in json.loads(text).items()}
+
+
+def _window_figures(windows: tuple[Window, ...], counts: Mapping[tuple[int, str], int]) -> dict[str, WindowStats]:
+    """A flag's figures per window label from its counts by (seconds, variant; "" for the flag)."""
+    return {
+        window.label: WindowStats(
+            counts.get((window.seconds, ""), 0),
+            {variant: users for (seconds, variant), users in counts.items() if seconds == window.seconds and variant},
+        )
+        for window in windows
+    }

@@ -20,6 +20,7 @@ cluster client to its slot's master.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import math
@@ -807,6 +808,7 @@ def _cached_bucket(text: bytes | None) -> int | None:
     return int(head) if head.lstrip(b"-").isdigit() else None
 
 
+@functools.lru_cache(maxsize=100_000)
 def _window_stats(text: bytes) -> WindowStats:
     """A window's figures from the JSON the count script keeps: `[bucket, users, [variant, users, ...]]`."""
     _, users, flat = json.loads(text)
@@ -818,8 +820,11 @@ def _window_stats(text: bytes) -> WindowStats:
 
 def _split(raw: bytes | None) -> dict[str, float] | None:
     """Expected weights as the store keeps them (JSON), or None."""
-    if not raw:
-        return None
+    return _parsed_split(raw) if raw else None
+
+
+@functools.lru_cache(maxsize=100_000)
+def _parsed_split(raw: bytes) -> dict[str, float]:
     return {str(variant): float(weight) for variant, weight in json.loads(raw).items()}
 
 
