@@ -67,19 +67,31 @@ def test_a_window_is_cut_into_about_twelve_buckets(seconds: int, step: int, span
     assert (window.step, window.span) == (step, span)
 
 
-@given(seconds=st.integers(10, 30 * 86_400), now=st.floats(1e9, 3e9))
-def test_the_buckets_of_a_figure_cover_the_window_and_at_most_one_step_more(seconds: int, now: float) -> None:
+@given(seconds=st.integers(10, 30 * 86_400), now=st.floats(1e9, 3e9), flag=st.text(min_size=1, max_size=20))
+def test_the_buckets_of_a_figure_cover_the_window_and_at_most_one_step_more(
+    seconds: int, now: float, flag: str
+) -> None:
     window = Window("w", seconds)
-    buckets = window.buckets(now)
-    earliest = buckets[0] * window.step
+    phase = window.phase(flag)
+    assert 0 <= phase < window.step
+    buckets = window.buckets(now, phase)
+    earliest = buckets[0] * window.step - phase
     assert now - seconds - 2 * window.step < earliest <= now - seconds
     if seconds % window.step == 0:  # always, unless that took more than 60 buckets
         assert now - seconds - window.step < earliest
-    assert buckets[-1] == window.bucket(now)
-    assert buckets[-1] * window.step <= now < (buckets[-1] + 1) * window.step
+    assert buckets[-1] == window.bucket(now, phase)
+    assert buckets[-1] * window.step - phase <= now < (buckets[-1] + 1) * window.step - phase
     # A bucket's keys outlive every figure that unites it, and by no more than one step.
-    last_use = (buckets[0] + window.span + 1) * window.step
-    assert last_use <= window.expires_at(buckets[0]) <= last_use + window.step
+    last_use = (buckets[0] + window.span + 1) * window.step - phase
+    assert last_use <= window.expires_at(buckets[0], phase) <= last_use + window.step
+
+
+def test_flags_begin_their_buckets_at_different_moments_the_same_in_every_process() -> None:
+    window = Window("1h", 3600)
+    phases = {window.phase(f"flag-{n}") for n in range(200)}
+    assert len(phases) > 100  # spread over the 300 seconds of a step (about 146 expected)
+    assert window.phase("checkout") == Window("60m", 3600).phase("checkout")
+    assert Window("20s", 20).phase("checkout") == 0  # one-second steps need no spreading
 
 
 def test_a_figure_moves_on_with_the_clock_one_bucket_at_a_time() -> None:

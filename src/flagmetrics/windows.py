@@ -10,6 +10,7 @@ in, so a figure lags by at most one step (under 2 s for a 20 s window, 5 min for
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
 import re
 from collections.abc import Mapping
@@ -59,18 +60,29 @@ class Window:
         object.__setattr__(self, "step", step)
         object.__setattr__(self, "span", -(-self.seconds // step))
 
-    def bucket(self, t: float) -> int:
-        """The number of the bucket holding Unix time `t`."""
-        return int(t // self.step)
+    def phase(self, flag_key: str) -> int:
+        """A flag's offset of its bucket boundaries, 0 to `step - 1`: the same in every process.
 
-    def buckets(self, now: float) -> range:
+        Spreading the boundaries over the step spreads the work of computing the flags' figures again
+        over the scrapes of a bucket, instead of every flag's at its first scrape.
+        """
+        if self.step == 1:
+            return 0
+        digest = hashlib.blake2b(flag_key.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+        return int.from_bytes(digest, "little") % self.step
+
+    def bucket(self, t: float, phase: int = 0) -> int:
+        """The number of the bucket holding Unix time `t`, for a flag of this phase."""
+        return int((t + phase) // self.step)
+
+    def buckets(self, now: float, phase: int = 0) -> range:
         """The buckets a figure at `now` unites, oldest first."""
-        current = self.bucket(now)
+        current = self.bucket(now, phase)
         return range(current - self.span, current + 1)
 
-    def expires_at(self, bucket: int) -> int:
+    def expires_at(self, bucket: int, phase: int = 0) -> int:
         """When bucket `bucket` is no longer part of any figure (Unix seconds), with one step to spare."""
-        return (bucket + 1) * self.step + self.seconds + self.step
+        return (bucket + 1) * self.step - phase + self.seconds + self.step
 
 
 def parse_windows(text: str, *, setting: str = "windows") -> tuple[Window, ...]:

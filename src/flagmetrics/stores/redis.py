@@ -70,8 +70,9 @@ _REMEMBERED_FLAGS: Final = 100_000  # flags whose group and keys a layout keeps 
 # KEYS: seq key, flags sorted set, counts hash, window cache hash, then per flag its HyperLogLog.
 # ARGV: seq, seq ttl (s), retention (s, 0: keep), now (Unix s), group tag, number of windows, then
 #       per window: seconds, step; then number of flags, then per flag: flag key, total, errors,
-#       seen (Unix s, 0: none), pin (JSON or ''), expected split (JSON or ''), member count,
-#       members..., variant count, then per variant: variant, member count, members...
+#       seen (Unix s, 0: none), pin (JSON or ''), expected split (JSON or ''), the flag's phase in each
+#       window (',' between), member count, members..., variant count, then per variant: variant,
+#       member count, members...
 _APPLY_LUA = """
 local seq = tonumber(ARGV[1])
 local last = tonumber(redis.call('GET', KEYS[1]) or '-1')
@@ -100,26 +101,28 @@ local nflags = tonumber(ARGV[i])
 i = i + 1
 local flags = {}
 for f = 1, nflags do
-  local flag, seen, n = ARGV[i], tonumber(ARGV[i + 3]), tonumber(ARGV[i + 6])
+  local flag, seen, n = ARGV[i], tonumber(ARGV[i + 3]), tonumber(ARGV[i + 7])
+  local phases = {}
+  for phase in string.gmatch(ARGV[i + 6], '%d+') do phases[#phases + 1] = tonumber(phase) end
   flags[f] = i
-  pfadd(KEYS[4 + f], i + 7, n)
-  local at = i + 7 + n
+  pfadd(KEYS[4 + f], i + 8, n)
+  local at = i + 8 + n
   local nvariants = tonumber(ARGV[at])
   at = at + 1
-  for _, w in ipairs(windows) do
-    local bucket = math.floor(seen / w[3])
-    local expires = (bucket + 1) * w[3] + w[2] + w[3]
+  for x, w in ipairs(windows) do
+    local bucket = math.floor((seen + phases[x]) / w[3])
+    local expires = (bucket + 1) * w[3] - phases[x] + w[2] + w[3]
     if n > 0 and seen > 0 and expires > now then
       local key = tag .. ':wb:' .. w[1] .. ':' .. bucket .. ':' .. flag
-      pfadd(key, i + 7, n)
+      pfadd(key, i + 8, n)
       redis.call('EXPIREAT', key, expires)
     end
   end
   for v = 1, nvariants do
     local variant, m = ARGV[at], tonumber(ARGV[at + 1])
-    for _, w in ipairs(windows) do
-      local bucket = math.floor(seen / w[3])
-      local expires = (bucket + 1) * w[3] + w[2] + w[3]
+    for x, w in ipairs(windows) do
+      local bucket = math.floor((seen + phases[x]) / w[3])
+      local expires = (bucket + 1) * w[3] - phases[x] + w[2] + w[3]
       if m > 0 and seen > 0 and expires > now then
         local key = tag .. ':wv:' .. w[1] .. ':' .. bucket .. ':' .. #variant .. ':' .. variant .. ':' .. flag
         pfadd(key, at + 2, m)
@@ -181,7 +184,8 @@ return {
 # another worker or host) takes it as it is.
 # KEYS: the window cache hash, then the flags' HyperLogLogs.
 # ARGV: group tag, now (Unix s), number of windows, per window: seconds, step, span; then per flag:
-#       flag key, its latest evaluation (Unix s), the numbers of its stale windows (1-based, ',' between).
+#       flag key, its latest evaluation (Unix s), the numbers of its stale windows (1-based, ',' between),
+#       its phase in each window (',' between).
 _COUNT_LUA = """
 local tag, now = ARGV[1], tonumber(ARGV[2])
 local windows, i = {}, 4
@@ -197,11 +201,13 @@ end
 local counts = {}
 for f = 2, #KEYS do
   local flag, seen, stale = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2]
-  i = i + 3
+  local phases = {}
+  for phase in string.gmatch(ARGV[i + 3], '%d+') do phases[#phases + 1] = tonumber(phase) end
+  i = i + 4
   local entry = {redis.call('PFCOUNT', KEYS[f])}
   for n in string.gmatch(stale, '%d+') do
     local w = windows[tonumber(n)]
-    local current = math.floor(now / w[3])
+    local current = math.floor((now + phases[tonumber(n)]) / w[3])
     local field = w[1] .. ':' .. flag
     local cached = redis.call('HGET', KEYS[1], field)
     if cached and tonumber(string.match(cached, '^%[(%-?%d+),')) == current then
@@ -249,7 +255,7 @@ for a = i, #ARGV do
   local variants = redis.call('ZRANGE', index, 0, -1)
   for _, w in ipairs(windows) do
     local current = math.floor(now / w[3])
-    for b = current - w[4], current do
+    for b = current - w[4], current + 1 do  -- a flag's phase puts its buckets up to one later
       redis.call('DEL', tag .. ':wb:' .. w[1] .. ':' .. b .. ':' .. flag)
       for _, variant in ipairs(variants) do
         redis.call('DEL', tag .. ':wv:' .. w[1] .. ':' .. b .. ':' .. #variant .. ':' .. variant .. ':' .. flag)
@@ -409,6 +415,7 @@ class RedisStore:
         self._retention_s = retention_s
         self._windows = parse_windows(windows)
         self._clock = clock
+        self._phase_cache: dict[str, tuple[str, tuple[int, ...]]] = {}
         self._window_args: list[Any] = [len(self._windows)]
         for window in self._windows:
             self._window_args += (window.seconds, window.step, window.span)
@@ -493,6 +500,16 @@ class RedisStore:
         """The trailing windows this store keeps figures for."""
         return self._windows
 
+    def _phases(self, flag_key: str) -> tuple[str, tuple[int, ...]]:
+        """A flag's phase in each window, as the scripts take them (`,` between) and as numbers."""
+        phases = self._phase_cache.get(flag_key)
+        if phases is None:
+            numbers = tuple(window.phase(flag_key) for window in self._windows)
+            phases = (",".join(map(str, numbers)), numbers)
+            if len(self._phase_cache) < _REMEMBERED_FLAGS:
+                self._phase_cache[flag_key] = phases
+        return phases
+
     @property
     def cluster(self) -> bool:
         """Whether the client is a Redis Cluster client."""
@@ -531,6 +548,7 @@ class RedisStore:
                     delta.seen if delta is not None and delta.total else 0,
                     json.dumps([pin.unique_users, pin.error_rate]) if pin is not None else "",
                     json.dumps(split) if (split := batch.splits.get(flag_key)) is not None else "",
+                    self._phases(flag_key)[0],
                     len(members),
                 )
                 args.extend(members)
@@ -558,19 +576,19 @@ class RedisStore:
         groups = await self._list_groups(since)
         names = [[raw.decode("utf-8", "replace") for raw in flags] for flags, _, _ in groups]
         now = self._clock()
-        current = [window.bucket(now) for window in self._windows]
         calls: list[_Call] = []
         for group, ((raws, counts, cache), flags) in enumerate(zip(groups, names, strict=True)):
             if not flags:
                 continue
             args: list[Any] = [self._layout.tags[group], now, *self._window_args]
             for raw, flag_key in zip(raws, flags, strict=True):
+                text, phases = self._phases(flag_key)
                 stale = [
                     str(n)
-                    for n, (window, bucket) in enumerate(zip(self._windows, current, strict=True), start=1)
-                    if _cached_bucket(cache.get(b"%d:%s" % (window.seconds, raw))) != bucket
+                    for n, (window, phase) in enumerate(zip(self._windows, phases, strict=True), start=1)
+                    if _cached_bucket(cache.get(b"%d:%s" % (window.seconds, raw))) != window.bucket(now, phase)
                 ]
-                args += (flag_key, counts.get(b"seen:" + raw) or 0, ",".join(stale))
+                args += (flag_key, counts.get(b"seen:" + raw) or 0, ",".join(stale), text)
             keys: list[str | bytes] = [
                 self._layout.window_cache(group),
                 *(self._layout.users_encoded(flag) for flag in flags),
@@ -588,11 +606,10 @@ class RedisStore:
                 users, fresh = entry[0], iter(entry[1:])
                 seen = counts.get(b"seen:" + raw)
                 windows: dict[str, WindowStats] = {}
-                for window, bucket in zip(self._windows, current, strict=True):
+                for window, phase in zip(self._windows, self._phases(flag_key)[1], strict=True):
                     cached = cache.get(b"%d:%s" % (window.seconds, raw))
-                    windows[window.label] = _window_stats(
-                        cached if cached is not None and _cached_bucket(cached) == bucket else next(fresh)
-                    )
+                    fresh_enough = cached is not None and _cached_bucket(cached) == window.bucket(now, phase)
+                    windows[window.label] = _window_stats(cached if fresh_enough else next(fresh))
                 result[flag_key] = FlagStats(
                     total=int(total or 0),
                     errors=int(counts.get(b"errors:" + raw) or 0),
