@@ -55,6 +55,9 @@ _PIN_FMT = struct.Struct("<QQd")
 _SEEN_FMT = struct.Struct("<d")
 _DATABASE = "flagmetrics-windows.sqlite"
 _PRUNE_INTERVAL_S = 60.0  # how often a writer deletes rows no window needs any more
+# A write-ahead log, synced at checkpoints only: a crashed process cannot corrupt the database, and a
+# flush does not wait for the disk (the windows are a view of the last days, not the counts).
+_PRAGMAS = "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;"
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS seen (
     flag TEXT NOT NULL, variant TEXT NOT NULL, user INTEGER NOT NULL, t REAL NOT NULL,
@@ -310,7 +313,7 @@ class LocalStore:
             # Every access happens under the directory's lock and this store's thread lock, so
             # SQLite's own locking never waits and the connection may serve the threads it runs on.
             db = sqlite3.connect(name, timeout=self._write_timeout_s, isolation_level=None, check_same_thread=False)
-            db.executescript(_SCHEMA)
+            db.executescript(_PRAGMAS + _SCHEMA)
         except sqlite3.Error as exc:
             raise StoreError(f"could not open {name!r}: {exc}", transient=False) from exc
         db.isolation_level = "DEFERRED"
