@@ -243,3 +243,36 @@ def test_the_split_of_a_litestar_flags_flag_is_what_its_engine_serves(
 ) -> None:
     variants = [SimpleNamespace(key=key, weight=weight) for key, weight in weights.items()]
     assert served_split(variants) == expected
+
+
+def test_the_local_store_samples_a_window_past_its_size_and_keeps_its_estimate_close() -> None:
+    from flagmetrics.stores.base import Batch, FlagDelta
+    from tests.helpers import users
+
+    store = LocalStore(None, windows="1h", window_sample_size=1000)
+
+    async def scenario(store: LocalStore) -> list[tuple[int, int]]:
+        seen = []
+        for seq, first in enumerate(range(0, 20_000, 2_000), start=1):
+            members = users(first, first + 2_000)
+            on = users(first, first + 500)
+            await store.push(Batch("w", seq, {"a": FlagDelta(2_000, 0, members, store._clock(), {"on": on})}))
+            figures = (await store.snapshot()).flags["a"].windows["1h"]
+            seen.append((figures.users, figures.variants["on"]))
+            store._parsed_figures = None
+            db = store._database(create=False)
+            assert db is not None
+            db.execute("DELETE FROM computed")  # computed again at the next read, within the same bucket
+        kept = db.execute("SELECT count(*) FROM seen WHERE variant = ''").fetchone()[0]
+        assert kept <= 1000
+        return seen
+
+    seen = run_with(store, scenario)
+    for n, (everyone, on) in enumerate(seen, start=1):
+        assert abs(everyone - 2_000 * n) <= 0.12 * 2_000 * n, (n, everyone, seen)
+        assert abs(on - 500 * n) <= 0.15 * 500 * n, (n, on)
+
+
+def test_a_tiny_window_sample_is_refused() -> None:
+    with pytest.raises(ConfigurationError, match="window_sample_size"):
+        LocalStore(None, window_sample_size=10)

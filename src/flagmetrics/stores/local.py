@@ -8,11 +8,12 @@ contributions stay, and every figure only grows (until `reset`). Without a direc
 process) the same layout lives in memory.
 
 The trailing windows live in one SQLite database beside the flag files (`flagmetrics-windows.sqlite`):
-a row per flag, variant (empty for the flag as a whole) and user digest with the last time it was
-seen, so a window's figure is an exact count of distinct users, computed once per bucket of the
+per window, a row per flag, variant (empty for the flag as a whole) and user digest with the last
+time it was seen, so a window's figure is an exact count of distinct users up to 16,384 of them
+(past that, an adaptive sample of the digests: see `_sample`), computed once per bucket of the
 window (see `flagmetrics.windows`) by the first scrape that needs it and kept for the others. Rows
-older than the longest window are deleted as flushes go by: about 60 bytes per user, flag and
-variant seen within the longest window.
+older than their window are deleted as flushes go by: at most about 16,384 rows of some 70 bytes
+per window, flag and variant.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Final
 
 from flagmetrics import locks, sketch
-from flagmetrics.exceptions import StoreError
+from flagmetrics.exceptions import ConfigurationError, StoreError
 from flagmetrics.stores.base import Batch, FlagStats, Snapshot, WindowStats
 from flagmetrics.windows import DEFAULT_WINDOWS, Window, parse_windows
 
@@ -60,10 +61,13 @@ _PRUNE_INTERVAL_S = 60.0  # how often a writer deletes rows no window needs any 
 _PRAGMAS = "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;"
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS seen (
-    flag TEXT NOT NULL, variant TEXT NOT NULL, user INTEGER NOT NULL, t REAL NOT NULL,
-    PRIMARY KEY (flag, variant, user)
+    seconds INTEGER NOT NULL, flag TEXT NOT NULL, variant TEXT NOT NULL, user INTEGER NOT NULL, t REAL NOT NULL,
+    PRIMARY KEY (seconds, flag, variant, user)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS seen_by_time ON seen (t);
+CREATE TABLE IF NOT EXISTS levels (
+    seconds INTEGER NOT NULL, flag TEXT NOT NULL, variant TEXT NOT NULL, level INTEGER NOT NULL,
+    bound INTEGER NOT NULL, PRIMARY KEY (seconds, flag, variant)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS figures (
     seconds INTEGER NOT NULL, bucket INTEGER NOT NULL, flag TEXT NOT NULL, variant TEXT NOT NULL,
     users INTEGER NOT NULL, PRIMARY KEY (seconds, flag, variant)
@@ -77,9 +81,13 @@ _NEXT_GENERATION = (
     "INSERT INTO computed (seconds, bucket) VALUES (0, 1) ON CONFLICT (seconds) DO UPDATE SET bucket = bucket + 1"
 )
 _UPSERT = (
-    "INSERT INTO seen (flag, variant, user, t) VALUES (?, ?, ?, ?) "
-    "ON CONFLICT (flag, variant, user) DO UPDATE SET t = max(t, excluded.t)"
+    "INSERT INTO seen (seconds, flag, variant, user, t) VALUES (?, ?, ?, ?, ?) "
+    "ON CONFLICT (seconds, flag, variant, user) DO UPDATE SET t = max(t, excluded.t)"
 )
+_COUNT_SAMPLE = "SELECT count(*) FROM seen WHERE seconds = ? AND flag = ? AND variant = ?"
+_THIN_SAMPLE = "DELETE FROM seen WHERE seconds = ? AND flag = ? AND variant = ? AND (user & ?) != 0"
+WINDOW_SAMPLE_SIZE: Final = 16_384
+"""Most users kept per window, flag and variant; past it, an adaptive sample (see `LocalStore`)."""
 
 
 class _FlagFile:
@@ -157,6 +165,7 @@ class LocalStore:
         write_timeout_s: float = locks.WRITE_TIMEOUT_S,
         windows: str = DEFAULT_WINDOWS,
         clock: Callable[[], float] = time.time,
+        window_sample_size: int = WINDOW_SAMPLE_SIZE,
     ) -> None:
         """Keep state in `path`, which must exist; None keeps it in this process only.
 
@@ -167,6 +176,9 @@ class LocalStore:
                 longer behind many workers' batches, but not past the flusher's own timeout.
             windows: The trailing windows of the recent-users figures (`1h,24h,7d`; `off` for none).
             clock: The time (Unix seconds) that decides which users are in a window.
+            window_sample_size: Most users kept per window, flag and variant: exact counts up to it,
+                an adaptive sample of about that many past it (a standard error near
+                `1 / sqrt(window_sample_size / 2)`, 1.1% at the default 16,384).
         """
         if path is not None and not os.path.isdir(path):
             raise StoreError(f"`path` {path!r} is not a directory; create it first", transient=False)
@@ -181,6 +193,11 @@ class LocalStore:
         self._thread_lock = threading.Lock()
         self._windows = parse_windows(windows)
         self._clock = clock
+        if isinstance(window_sample_size, bool) or not isinstance(window_sample_size, int) or window_sample_size < 64:
+            raise ConfigurationError(
+                f"`window_sample_size` must be a whole number of at least 64, got {window_sample_size!r}"
+            )
+        self._sample_size = window_sample_size
         self._db: sqlite3.Connection | None = None
         self._db_pid = 0
         self._next_prune = 0.0
@@ -292,8 +309,10 @@ class LocalStore:
         db.execute("DELETE FROM figures WHERE seconds = ?", (window.seconds,))
         db.execute(
             "INSERT INTO figures (seconds, bucket, flag, variant, users) "
-            "SELECT ?, ?, flag, variant, count(*) FROM seen WHERE t >= ? GROUP BY flag, variant",
-            (window.seconds, window.bucket(now), now - window.seconds),
+            "SELECT ?, ?, s.flag, s.variant, count(*) << coalesce(l.level, 0) FROM seen AS s "
+            "LEFT JOIN levels AS l ON l.seconds = s.seconds AND l.flag = s.flag AND l.variant = s.variant "
+            "WHERE s.seconds = ? AND s.t >= ? GROUP BY s.flag, s.variant",
+            (window.seconds, window.bucket(now), window.seconds, now - window.seconds),
         )
         db.execute(
             "INSERT OR REPLACE INTO computed (seconds, bucket) VALUES (?, ?)", (window.seconds, window.bucket(now))
@@ -341,36 +360,75 @@ class LocalStore:
             self._applied[batch.writer] = batch.seq
 
     def _remember(self, batch: Batch) -> None:
-        """Record when each user of the batch was seen, per flag and per variant served."""
-        rows = []
-        for key, delta in batch.flags.items():
-            if not delta.seen or not self._windows:
-                continue
-            rows += [(key, "", _user(digest), delta.seen) for digest in delta.members]
-            for variant, served in delta.variants.items():
-                rows += [(key, variant, _user(digest), delta.seen) for digest in served]
-        now = self._clock()
-        prune = bool(self._windows) and now >= self._next_prune
-        if not rows and not prune and not batch.splits:
-            return
+        """Record when each user of the batch was seen, per window, flag and variant served.
+
+        A window, flag and variant keeps every user until it holds `window_sample_size` of them;
+        past that it keeps only the users whose digest ends in `level` zero bits (each level halves
+        the sample) and its figures are the sample's count times 2^level. The level goes back to 0
+        once the window has no user left.
+        """
         db = self._database(create=True)
         assert db is not None
+        now = self._clock()
+        prune = bool(self._windows) and now >= self._next_prune
         try:
             with db:
-                db.executemany(_UPSERT, rows)
+                if self._windows:
+                    self._sample(db, batch)
                 db.executemany(
                     "INSERT OR REPLACE INTO splits (flag, weights) VALUES (?, ?)",
                     [(key, json.dumps(weights)) for key, weights in batch.splits.items()],
                 )
                 if prune:
-                    longest = max(window.seconds + window.step for window in self._windows)
-                    db.execute("DELETE FROM seen WHERE t < ?", (now - longest,))
+                    for window in self._windows:
+                        db.execute(
+                            "DELETE FROM seen WHERE seconds = ? AND t < ?",
+                            (window.seconds, now - window.seconds - window.step),
+                        )
+                    db.execute(
+                        "DELETE FROM levels WHERE NOT EXISTS (SELECT 1 FROM seen AS s WHERE s.seconds = "
+                        "levels.seconds AND s.flag = levels.flag AND s.variant = levels.variant)"
+                    )
         except sqlite3.Error as exc:
             raise StoreError(
                 f"could not write the windows in {self._database_name()!r}: {exc}", transient=False
             ) from exc
-        if prune:
             self._next_prune = now + _PRUNE_INTERVAL_S
+
+    def _sample(self, db: sqlite3.Connection, batch: Batch) -> None:
+        """Add the batch's users to each window's sample, raising a sample's level past its size."""
+        keys = [
+            (key, variant, served, delta.seen)
+            for key, delta in batch.flags.items()
+            if delta.seen
+            for variant, served in (("", delta.members), *delta.variants.items())
+        ]
+        if not keys:
+            return
+        levels = {
+            (seconds, flag, variant): (level, bound)
+            for seconds, flag, variant, level, bound in db.execute("SELECT * FROM levels").fetchall()
+        }
+        rows = []
+        grown = []
+        for window in self._windows:
+            for key, variant, served, seen in keys:
+                level, bound = levels.get((window.seconds, key, variant), (0, 0))
+                mask = (1 << level) - 1
+                users = [user for user in map(_user, served) if user & mask == 0]
+                rows += [(window.seconds, key, variant, user, seen) for user in users]
+                grown.append((window.seconds, key, variant, level, bound + len(users)))
+        db.executemany(_UPSERT, rows)
+        settled = []
+        for seconds, key, variant, level, bound in grown:
+            if bound > self._sample_size:  # perhaps too many: count, and halve the sample until it fits
+                bound = db.execute(_COUNT_SAMPLE, (seconds, key, variant)).fetchone()[0]
+                while bound > self._sample_size:
+                    level += 1
+                    db.execute(_THIN_SAMPLE, (seconds, key, variant, (1 << level) - 1))
+                    bound = db.execute(_COUNT_SAMPLE, (seconds, key, variant)).fetchone()[0]
+            settled.append((seconds, key, variant, level, bound))
+        db.executemany("INSERT OR REPLACE INTO levels VALUES (?, ?, ?, ?, ?)", settled)
 
     def _reset(self, flag_key: str | None) -> None:
         with self._locked(exclusive=True, timeout_s=self._write_timeout_s):
@@ -379,9 +437,11 @@ class LocalStore:
                 with db:
                     if flag_key is None:
                         db.execute("DELETE FROM seen")
+                        db.execute("DELETE FROM levels")
                         db.execute("DELETE FROM figures")
                     else:
                         db.execute("DELETE FROM seen WHERE flag = ?", (flag_key,))
+                        db.execute("DELETE FROM levels WHERE flag = ?", (flag_key,))
                         db.execute("DELETE FROM figures WHERE flag = ?", (flag_key,))
                     db.execute("DELETE FROM computed WHERE seconds > 0")  # computed again by the next read
                     db.execute(_NEXT_GENERATION)  # and parsed again by every process
