@@ -206,7 +206,12 @@ def test_push_is_one_round_trip_per_batch_whatever_its_size(
         before = calls(client, "evalsha")
         trips = RoundTrips(monkeypatch)
         for seq, size in enumerate(sizes, 2):
-            flags = {f"f{n}": FlagDelta(size, 1, users(n * size, (n + 1) * size)) for n in range(3)}
+            # With the time of the evaluations and variants: every window's buckets are written too.
+            served = {n: users(n * size, n * size + size // 2 + 1) for n in range(3)}
+            flags = {
+                f"f{n}": FlagDelta(size, 1, users(n * size, (n + 1) * size), time.time(), {"on": served[n]})
+                for n in range(3)
+            }
             await store.push(batch(seq, flags, {"p": Pin(1, 0.0)}))
         monkeypatch.undo()
         return calls(client, "evalsha") - before, trips.count, calls(client, "eval")
@@ -215,6 +220,26 @@ def test_push_is_one_round_trip_per_batch_whatever_its_size(
     groups = len({LAYOUT.group(flag) for flag in ("f0", "f1", "f2", "p")})
     assert (evalshas, round_trips, evals) == (groups * len(sizes), len(sizes), 0)
     assert int(client.hget(counts_of("f2"), "total:f2") or 0) == sum(sizes)
+
+
+def test_window_keys_live_in_their_flags_slot_and_expire_by_themselves(redis_server: RedisServer) -> None:
+    client = redis_server.client()
+    flags = {key: FlagDelta(3, 0, users(0, 3), time.time(), {"on": users(0, 2)}) for key in ("a", "b{x}", UNICODE_KEY)}
+    run_with(store_of(redis_server), lambda store: store.push(batch(1, flags)))
+    windows = {":wb:": 0, ":wv:": 0, ":wvar:": 0}
+    for raw in client.scan_iter(match=f"{{{PREFIX}:*", count=1000):
+        key = raw.decode()
+        kind = next((kind for kind in windows if kind in key), None)
+        if kind is None:
+            continue
+        windows[kind] += 1
+        flag = next(flag for flag in flags if key.endswith(f":{flag}"))
+        assert key_slot(raw) == key_slot(LAYOUT.users(flag).encode()), key
+        ttl = client.ttl(raw)
+        # The longest default window is 7 days, in 14-hour buckets: gone within the window and two buckets.
+        assert 0 < ttl <= 7 * 86_400 + 2 * 50_400 + 1, (key, ttl)
+    # Three windows for each of the three flags, and for its one variant; one variant index each.
+    assert windows == {":wb:": 9, ":wv:": 9, ":wvar:": 3}
 
 
 # -- failures -------------------------------------------------------------------------------------------

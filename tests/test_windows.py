@@ -263,7 +263,9 @@ def test_the_local_store_samples_a_window_past_its_size_and_keeps_its_estimate_c
             db = store._database(create=False)
             assert db is not None
             db.execute("DELETE FROM computed")  # computed again at the next read, within the same bucket
-        kept = db.execute("SELECT count(*) FROM seen WHERE variant = ''").fetchone()[0]
+        database = store._database(create=False)
+        assert database is not None
+        kept = database.execute("SELECT count(*) FROM seen WHERE variant = ''").fetchone()[0]
         assert kept <= 1000
         return seen
 

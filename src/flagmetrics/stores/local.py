@@ -8,8 +8,9 @@ contributions stay, and every figure only grows (until `reset`). Without a direc
 process) the same layout lives in memory.
 
 The trailing windows live in one SQLite database beside the flag files (`flagmetrics-windows.sqlite`):
-per window, a row per flag, variant (empty for the flag as a whole) and user digest with the last
-time it was seen, so a window's figure is an exact count of distinct users up to 16,384 of them
+per window, a row per flag, variant (empty for the flag as a whole) and user digest with the window's
+bucket it was last seen in, so a window's figure is an exact count of the distinct users of its
+buckets (as on Redis: the window and at most one bucket more) up to 16,384 of them
 (past that, an adaptive sample of the digests: see `_sample`), computed once per bucket of the
 window (see `flagmetrics.windows`) by the first scrape that needs it and kept for the others. Rows
 older than their window are deleted as flushes go by: at most about 16,384 rows of some 70 bytes
@@ -61,7 +62,7 @@ _PRUNE_INTERVAL_S = 60.0  # how often a writer deletes rows no window needs any 
 _PRAGMAS = "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;"
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS seen (
-    seconds INTEGER NOT NULL, flag TEXT NOT NULL, variant TEXT NOT NULL, user INTEGER NOT NULL, t REAL NOT NULL,
+    seconds INTEGER NOT NULL, flag TEXT NOT NULL, variant TEXT NOT NULL, user INTEGER NOT NULL, t INTEGER NOT NULL,
     PRIMARY KEY (seconds, flag, variant, user)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS levels (
@@ -82,7 +83,7 @@ _NEXT_GENERATION = (
 )
 _UPSERT = (
     "INSERT INTO seen (seconds, flag, variant, user, t) VALUES (?, ?, ?, ?, ?) "
-    "ON CONFLICT (seconds, flag, variant, user) DO UPDATE SET t = max(t, excluded.t)"
+    "ON CONFLICT (seconds, flag, variant, user) DO UPDATE SET t = excluded.t WHERE excluded.t > t"
 )
 _COUNT_SAMPLE = "SELECT count(*) FROM seen WHERE seconds = ? AND flag = ? AND variant = ?"
 _THIN_SAMPLE = "DELETE FROM seen WHERE seconds = ? AND flag = ? AND variant = ? AND (user & ?) != 0"
@@ -202,6 +203,7 @@ class LocalStore:
         self._db_pid = 0
         self._next_prune = 0.0
         self._parsed_figures: tuple[dict[int, int], dict[str, dict[str, WindowStats]]] | None = None
+        self._written = _Written()
 
     @property
     def windows(self) -> tuple[Window, ...]:
@@ -312,7 +314,7 @@ class LocalStore:
             "SELECT ?, ?, s.flag, s.variant, count(*) << coalesce(l.level, 0) FROM seen AS s "
             "LEFT JOIN levels AS l ON l.seconds = s.seconds AND l.flag = s.flag AND l.variant = s.variant "
             "WHERE s.seconds = ? AND s.t >= ? GROUP BY s.flag, s.variant",
-            (window.seconds, window.bucket(now), window.seconds, now - window.seconds),
+            (window.seconds, window.bucket(now), window.seconds, window.buckets(now)[0]),
         )
         db.execute(
             "INSERT OR REPLACE INTO computed (seconds, bucket) VALUES (?, ?)", (window.seconds, window.bucket(now))
@@ -383,7 +385,7 @@ class LocalStore:
                     for window in self._windows:
                         db.execute(
                             "DELETE FROM seen WHERE seconds = ? AND t < ?",
-                            (window.seconds, now - window.seconds - window.step),
+                            (window.seconds, window.buckets(now)[0] - 1),
                         )
                     db.execute(
                         "DELETE FROM levels WHERE NOT EXISTS (SELECT 1 FROM seen AS s WHERE s.seconds = "
@@ -398,7 +400,7 @@ class LocalStore:
     def _sample(self, db: sqlite3.Connection, batch: Batch) -> None:
         """Add the batch's users to each window's sample, raising a sample's level past its size."""
         keys = [
-            (key, variant, served, delta.seen)
+            (key, variant, [_user(digest) for digest in served], delta.seen)
             for key, delta in batch.flags.items()
             if delta.seen
             for variant, served in (("", delta.members), *delta.variants.items())
@@ -409,15 +411,20 @@ class LocalStore:
             (seconds, flag, variant): (level, bound)
             for seconds, flag, variant, level, bound in db.execute("SELECT * FROM levels").fetchall()
         }
-        rows = []
+        rows: list[tuple[int, str, str, int, int]] = []
         grown = []
         for window in self._windows:
+            seconds = window.seconds
             for key, variant, served, seen in keys:
-                level, bound = levels.get((window.seconds, key, variant), (0, 0))
+                level, bound = levels.get((seconds, key, variant), (0, 0))
                 mask = (1 << level) - 1
-                users = [user for user in map(_user, served) if user & mask == 0]
-                rows += [(window.seconds, key, variant, user, seen) for user in users]
-                grown.append((window.seconds, key, variant, level, bound + len(users)))
+                users = [user for user in served if user & mask == 0] if level else served
+                # The bucket, not the time: a user seen again within a bucket needs no write, and
+                # those this process wrote in the current bucket are left out here already.
+                bucket = window.bucket(seen)
+                users = self._written.new(seconds, key, variant, bucket, users)
+                rows += [(seconds, key, variant, user, bucket) for user in users]
+                grown.append((seconds, key, variant, level, bound + len(users)))
         db.executemany(_UPSERT, rows)
         settled = []
         for seconds, key, variant, level, bound in grown:
@@ -444,6 +451,7 @@ class LocalStore:
                         db.execute("DELETE FROM levels WHERE flag = ?", (flag_key,))
                         db.execute("DELETE FROM figures WHERE flag = ?", (flag_key,))
                     db.execute("DELETE FROM computed WHERE seconds > 0")  # computed again by the next read
+                    self._written.clear()
                     db.execute(_NEXT_GENERATION)  # and parsed again by every process
             if flag_key is not None:
                 _clear(self._region(flag_key).buffer)
@@ -501,6 +509,42 @@ class LocalStore:
 
     def __repr__(self) -> str:
         return f"LocalStore(path={self._path!r})"
+
+
+class _Written:
+    """The users this process wrote to each window, flag and variant in its current bucket, so that a
+    user seen again in the same bucket costs a set lookup instead of a database lookup.
+
+    At most `LIMIT` users are remembered in all (a few MiB); past that, users are written as if new.
+    Forgotten with the database (a reset).
+    """
+
+    LIMIT: Final = 50_000
+
+    def __init__(self) -> None:
+        self._by_key: dict[tuple[int, str, str], tuple[int, set[int]]] = {}
+        self._size = 0
+
+    def new(self, seconds: int, flag: str, variant: str, bucket: int, users: list[int]) -> list[int]:
+        """The users not yet written in `bucket`, remembering them as written."""
+        key = (seconds, flag, variant)
+        entry = self._by_key.get(key)
+        if entry is None or entry[0] != bucket:
+            if entry is not None:
+                self._size -= len(entry[1])
+            entry = self._by_key[key] = (bucket, set())
+        written = entry[1]
+        fresh = [user for user in users if user not in written]
+        room = self.LIMIT - self._size
+        if room > 0:
+            remembered = fresh[:room]
+            written.update(remembered)
+            self._size += len(remembered)
+        return fresh
+
+    def clear(self) -> None:
+        self._by_key.clear()
+        self._size = 0
 
 
 def _user(digest: bytes) -> int:
