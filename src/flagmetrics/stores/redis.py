@@ -184,8 +184,9 @@ return {
 # another worker or host) takes it as it is.
 # KEYS: the window cache hash, then the flags' HyperLogLogs.
 # ARGV: group tag, now (Unix s), number of windows, per window: seconds, step, span; then per flag:
-#       flag key, its latest evaluation (Unix s), the numbers of its stale windows (1-based, ',' between),
-#       its phase in each window (',' between).
+#       flag key, and '' when no window's figure is stale, else `seen|stale|phases`: its latest
+#       evaluation (Unix s), the numbers of its stale windows (1-based, ',' between), its phase in
+#       each window (',' between).
 _COUNT_LUA = """
 local tag, now = ARGV[1], tonumber(ARGV[2])
 local windows, i = {}, 4
@@ -200,12 +201,14 @@ local function union(prefix, flag, w, current)
 end
 local counts = {}
 for f = 2, #KEYS do
-  local flag, seen, stale = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2]
-  local phases = {}
-  for phase in string.gmatch(ARGV[i + 3], '%d+') do phases[#phases + 1] = tonumber(phase) end
-  i = i + 4
+  local flag, spec = ARGV[i], ARGV[i + 1]
+  i = i + 2
   local entry = {redis.call('PFCOUNT', KEYS[f])}
-  for n in string.gmatch(stale, '%d+') do
+  local seen, stale, phased = string.match(spec, '^([^|]*)|([^|]*)|(.*)$')
+  seen = tonumber(seen or '0') or 0
+  local phases = {}
+  for phase in string.gmatch(phased or '', '%d+') do phases[#phases + 1] = tonumber(phase) end
+  for n in string.gmatch(stale or '', '%d+') do
     local w = windows[tonumber(n)]
     local current = math.floor((now + phases[tonumber(n)]) / w[3])
     local field = w[1] .. ':' .. flag
@@ -576,19 +579,30 @@ class RedisStore:
         groups = await self._list_groups(since)
         names = [[raw.decode("utf-8", "replace") for raw in flags] for flags, _, _ in groups]
         now = self._clock()
+        prefixes = [b"%d:" % window.seconds for window in self._windows]
         calls: list[_Call] = []
+        # Per flag: the cached figure of each window that is still current, None where it must be computed.
+        current: list[list[list[bytes | None]]] = []
         for group, ((raws, counts, cache), flags) in enumerate(zip(groups, names, strict=True)):
             if not flags:
+                current.append([])
                 continue
             args: list[Any] = [self._layout.tags[group], now, *self._window_args]
+            kept: list[list[bytes | None]] = []
             for raw, flag_key in zip(raws, flags, strict=True):
                 text, phases = self._phases(flag_key)
-                stale = [
-                    str(n)
-                    for n, (window, phase) in enumerate(zip(self._windows, phases, strict=True), start=1)
-                    if _cached_bucket(cache.get(b"%d:%s" % (window.seconds, raw))) != window.bucket(now, phase)
-                ]
-                args += (flag_key, counts.get(b"seen:" + raw) or 0, ",".join(stale), text)
+                cached: list[bytes | None] = []
+                stale = []
+                for n, (window, phase, prefix) in enumerate(zip(self._windows, phases, prefixes, strict=True), 1):
+                    figure = cache.get(prefix + raw)
+                    if figure is None or _cached_bucket(figure) != window.bucket(now, phase):
+                        figure = None
+                        stale.append(str(n))
+                    cached.append(figure)
+                kept.append(cached)
+                spec = f"{counts.get(b'seen:' + raw, b'0').decode()}|{','.join(stale)}|{text}" if stale else ""
+                args += (flag_key, spec)
+            current.append(kept)
             keys: list[str | bytes] = [
                 self._layout.window_cache(group),
                 *(self._layout.users_encoded(flag) for flag in flags),
@@ -596,27 +610,25 @@ class RedisStore:
             calls.append((self._count, keys, args))
         counted = iter(await self._run(calls, "read the fleet state"))
         result: dict[str, FlagStats] = {}
-        for (raws, counts, cache), flags in zip(groups, names, strict=True):
+        for (raws, counts, _), flags, kept in zip(groups, names, current, strict=True):
             if not flags:
                 continue
-            for raw, flag_key, entry in zip(raws, flags, next(counted), strict=True):
+            for raw, flag_key, entry, cached in zip(raws, flags, next(counted), kept, strict=True):
                 total, pin = counts.get(b"total:" + raw), counts.get(b"pin:" + raw)
                 if not total and not pin:  # a flag with neither evaluations nor a pin is left out
                     continue
                 users, fresh = entry[0], iter(entry[1:])
                 seen = counts.get(b"seen:" + raw)
-                windows: dict[str, WindowStats] = {}
-                for window, phase in zip(self._windows, self._phases(flag_key)[1], strict=True):
-                    cached = cache.get(b"%d:%s" % (window.seconds, raw))
-                    fresh_enough = cached is not None and _cached_bucket(cached) == window.bucket(now, phase)
-                    windows[window.label] = _window_stats(cached if fresh_enough else next(fresh))
                 result[flag_key] = FlagStats(
                     total=int(total or 0),
                     errors=int(counts.get(b"errors:" + raw) or 0),
                     unique_users=_pin_users(pin, users) if pin else users,
                     pinned_error_rate=_pin_rate(pin) if pin else None,
                     last_evaluated_s=float(seen) if seen else None,
-                    windows=windows,
+                    windows={
+                        window.label: _window_stats(figure if figure is not None else next(fresh))
+                        for window, figure in zip(self._windows, cached, strict=True)
+                    },
                     split=_split(counts.get(b"split:" + raw)),
                 )
         return Snapshot(flags=result)
