@@ -8,8 +8,13 @@ of a key, after a fixed kind, so no two flags' keys (nor a flag's and a group's)
 
 Per group: `{t}:flags`, a sorted set of the group's flags scored by their last write (Unix seconds);
 `{t}:counts`, a hash with each flag's `total:<flag>`, `errors:<flag>`, `seen:<flag>` (the latest
-evaluation, Unix seconds) and `pin:<flag>`; `{t}:seq:<writer>`, the last batch of that writer
-applied to the group. Per flag: `{t}:u:<flag>`, the HyperLogLog of its users' digests.
+evaluation, Unix seconds), `pin:<flag>` and `split:<flag>` (its expected split, JSON); `{t}:seq:<writer>`,
+the last batch of that writer applied to the group; `{t}:wc`, the window figures, `<seconds>:<flag>`
+(JSON, each computed once per bucket). Per flag: `{t}:u:<flag>`, the HyperLogLog of its users'
+digests; per window of W seconds and bucket b, `{t}:wb:<W>:<b>:<flag>`, the HyperLogLog of the
+users in that bucket, and `{t}:wv:<W>:<b>:<length>:<variant>:<flag>` of those served a variant
+(expiring by themselves); `{t}:wvar:<flag>`, the variants it served, scored by when. The keys of
+the windows are written and read by the scripts only.
 
 A flush runs one script per group it touches; a scrape runs two per group (list the flags with the
 group's counts, then count each flag's users). On a single node all of a round's scripts go in
@@ -59,6 +64,20 @@ GROUPS: Final = 16
 _SLOTS: Final = 16384
 _REMEMBERED_FLAGS: Final = 100_000  # flags whose group and keys a layout keeps computed
 
+# Defines read_windows(at): the windows given in ARGV from index `at` (their number, then per window
+# its seconds, bucket step and span in buckets), as {seconds as text, seconds, step, span}, and the
+# index after them. Every script that touches the windows' keys starts with it.
+_READ_WINDOWS_LUA = """
+local function read_windows(at)
+  local windows = {}
+  for w = 1, tonumber(ARGV[at]) do
+    local i = at + 1 + (w - 1) * 3
+    windows[w] = {ARGV[i], tonumber(ARGV[i]), tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])}
+  end
+  return windows, at + 1 + #windows * 3
+end
+"""
+
 # Applies one worker batch to one group unless this (writer, seq) was applied to the group before,
 # so a retried flush after a lost reply never counts twice. Redis does not undo a script's writes
 # when it fails half-way, so everything that can fail comes first: the type of the group's counts
@@ -68,12 +87,14 @@ _REMEMBERED_FLAGS: Final = 100_000  # flags whose group and keys a layout keeps 
 # themselves once no window needs them). With a retention, flags nobody wrote to for that long leave
 # the group's index, counts and cached window figures (their HyperLogLogs expire).
 # KEYS: seq key, flags sorted set, counts hash, window cache hash, then per flag its HyperLogLog.
-# ARGV: seq, seq ttl (s), retention (s, 0: keep), now (Unix s), group tag, number of windows, then
-#       per window: seconds, step; then number of flags, then per flag: flag key, total, errors,
+# ARGV: seq, seq ttl (s), retention (s, 0: keep), now (Unix s), group tag, the windows (see
+#       `_READ_WINDOWS_LUA`), then number of flags, then per flag: flag key, total, errors,
 #       seen (Unix s, 0: none), pin (JSON or ''), expected split (JSON or ''), the flag's phase in each
 #       window (',' between), member count, members..., variant count, then per variant: variant,
 #       member count, members...
-_APPLY_LUA = """
+_APPLY_LUA = (
+    _READ_WINDOWS_LUA
+    + """
 local seq = tonumber(ARGV[1])
 local last = tonumber(redis.call('GET', KEYS[1]) or '-1')
 if seq <= last then return 0 end
@@ -90,11 +111,7 @@ local function pfadd(key, from, n)
     done = done + step
   end
 end
-local windows, i = {}, 7
-for w = 1, tonumber(ARGV[6]) do
-  windows[w] = {ARGV[i], tonumber(ARGV[i]), tonumber(ARGV[i + 1])}
-  i = i + 2
-end
+local windows, i = read_windows(6)
 local longest = 0
 for _, w in ipairs(windows) do longest = math.max(longest, w[2] + w[3]) end
 local nflags = tonumber(ARGV[i])
@@ -109,26 +126,25 @@ for f = 1, nflags do
   local at = i + 8 + n
   local nvariants = tonumber(ARGV[at])
   at = at + 1
+  -- The bucket of each window the batch's time falls in, and when no figure needs it any more.
+  local buckets, expires = {}, {}
   for x, w in ipairs(windows) do
-    local bucket = math.floor((seen + phases[x]) / w[3])
-    local expires = (bucket + 1) * w[3] - phases[x] + w[2] + w[3]
-    if n > 0 and seen > 0 and expires > now then
-      local key = tag .. ':wb:' .. w[1] .. ':' .. bucket .. ':' .. flag
-      pfadd(key, i + 8, n)
-      redis.call('EXPIREAT', key, expires)
-    end
+    buckets[x] = math.floor((seen + phases[x]) / w[3])
+    expires[x] = (buckets[x] + 1) * w[3] - phases[x] + w[2] + w[3]
   end
-  for v = 1, nvariants do
-    local variant, m = ARGV[at], tonumber(ARGV[at + 1])
+  local function add(kind, suffix, from, count)
     for x, w in ipairs(windows) do
-      local bucket = math.floor((seen + phases[x]) / w[3])
-      local expires = (bucket + 1) * w[3] - phases[x] + w[2] + w[3]
-      if m > 0 and seen > 0 and expires > now then
-        local key = tag .. ':wv:' .. w[1] .. ':' .. bucket .. ':' .. #variant .. ':' .. variant .. ':' .. flag
-        pfadd(key, at + 2, m)
-        redis.call('EXPIREAT', key, expires)
+      if count > 0 and seen > 0 and expires[x] > now then
+        local key = tag .. kind .. w[1] .. ':' .. buckets[x] .. ':' .. suffix
+        pfadd(key, from, count)
+        redis.call('EXPIREAT', key, expires[x])
       end
     end
+  end
+  add(':wb:', flag, i + 8, n)
+  for v = 1, nvariants do
+    local variant, m = ARGV[at], tonumber(ARGV[at + 1])
+    add(':wv:', #variant .. ':' .. variant .. ':' .. flag, at + 2, m)
     if m > 0 and seen > 0 and longest > 0 then
       local index = tag .. ':wvar:' .. flag
       redis.call('ZADD', index, 'GT', seen, variant)
@@ -167,6 +183,7 @@ end
 redis.call('SET', KEYS[1], seq, 'EX', tonumber(ARGV[2]))
 return 1
 """
+)
 
 # Lists a group's flags written since `since` (ARGV[1], Unix s; 0: all), with every field of the
 # group's counts hash and of its window cache, read at one moment: {flags, {field, value...}, {field, value...}}.
@@ -183,17 +200,15 @@ return {
 # first scrape after a bucket begins computes it; a scrape that finds it computed meanwhile (by
 # another worker or host) takes it as it is.
 # KEYS: the window cache hash, then the flags' HyperLogLogs.
-# ARGV: group tag, now (Unix s), number of windows, per window: seconds, step, span; then per flag:
-#       flag key, and '' when no window's figure is stale, else `seen|stale|phases`: its latest
+# ARGV: group tag, now (Unix s), the windows (see `_READ_WINDOWS_LUA`), then per flag: flag key,
+#       and '' when no window's figure is stale, else `seen|stale|phases`: its latest
 #       evaluation (Unix s), the numbers of its stale windows (1-based, ',' between), its phase in
 #       each window (',' between).
-_COUNT_LUA = """
+_COUNT_LUA = (
+    _READ_WINDOWS_LUA
+    + """
 local tag, now = ARGV[1], tonumber(ARGV[2])
-local windows, i = {}, 4
-for w = 1, tonumber(ARGV[3]) do
-  windows[w] = {ARGV[i], tonumber(ARGV[i]), tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])}
-  i = i + 3
-end
+local windows, i = read_windows(3)
 local function union(prefix, flag, w, current)
   local keys = {}
   for b = current - w[4], current do keys[#keys + 1] = prefix .. b .. ':' .. flag end
@@ -235,18 +250,17 @@ for f = 2, #KEYS do
 end
 return counts
 """
+)
 
 # Forgets the flags named: their fields in the group's counts hash and window cache, their
 # HyperLogLogs, their variants' index and the buckets of the windows given.
 # KEYS: the group's flags sorted set, its counts hash, its window cache, then the flags' HyperLogLogs.
-# ARGV: group tag, now (Unix s), number of windows, per window: seconds, step, span; then the flag keys.
-_FORGET_LUA = """
+# ARGV: group tag, now (Unix s), the windows (see `_READ_WINDOWS_LUA`), then the flag keys.
+_FORGET_LUA = (
+    _READ_WINDOWS_LUA
+    + """
 local tag, now = ARGV[1], tonumber(ARGV[2])
-local windows, i = {}, 4
-for w = 1, tonumber(ARGV[3]) do
-  windows[w] = {ARGV[i], tonumber(ARGV[i]), tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])}
-  i = i + 3
-end
+local windows, i = read_windows(3)
 local cached = redis.call('HKEYS', KEYS[3])
 for a = i, #ARGV do
   local flag = ARGV[a]
@@ -271,6 +285,7 @@ end
 if #KEYS > 3 then redis.call('DEL', unpack(KEYS, 4)) end
 return #ARGV - i + 1
 """
+)
 
 # Moves one flag from the layout of flagmetrics 0.1 (single node only: three hashes and a
 # HyperLogLog per flag, outside any hash tag) into its group, adding to what is there already.
@@ -351,17 +366,6 @@ class KeyLayout:
     def window_cache(self, group: int) -> str:
         """The hash of a group's window figures, `<seconds>:<flag>`, each computed once per bucket."""
         return f"{self.tags[group]}:wc"
-
-    def window_bucket(self, flag_key: str, window: Window, bucket: int, variant: str | None = None) -> str:
-        """The HyperLogLog of a flag's users (or a variant's) in one bucket of a window (written by scripts)."""
-        tag = self.tags[self.group(flag_key)]
-        if variant is None:
-            return f"{tag}:wb:{window.seconds}:{bucket}:{flag_key}"
-        return f"{tag}:wv:{window.seconds}:{bucket}:{len(variant.encode())}:{variant}:{flag_key}"
-
-    def variants(self, flag_key: str) -> str:
-        """The sorted set of the variants a flag served, scored by when (written by scripts)."""
-        return f"{self.tags[self.group(flag_key)]}:wvar:{flag_key}"
 
     def users(self, flag_key: str) -> str:
         """The HyperLogLog of a flag's users."""
@@ -528,9 +532,6 @@ class RedisStore:
             entries.setdefault(self._layout.group(flag_key), []).append(entry)
         calls: list[_Call] = []
         events: list[int] = []
-        window_args: list[Any] = [len(self._windows)]
-        for window in self._windows:
-            window_args += (window.seconds, window.step)
         for group, flags in sorted(entries.items()):
             keys = [
                 self._layout.seq(group, batch.writer),
@@ -539,7 +540,7 @@ class RedisStore:
                 self._layout.window_cache(group),
             ]
             args: list[Any] = [batch.seq, self._seq_ttl_s, self._retention_s or 0, now, self._layout.tags[group]]
-            args += window_args
+            args += self._window_args
             args.append(len(flags))
             for flag_key, delta, pin in flags:
                 keys.append(self._layout.users(flag_key))
