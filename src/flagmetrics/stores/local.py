@@ -128,10 +128,12 @@ def _clear(buffer: mmap.mmap | bytearray) -> None:
 
 def _parse(
     header: bytes,
-    windows: Mapping[str, Mapping[str, WindowStats]] | None = None,
-    splits: Mapping[str, Mapping[str, float]] | None = None,
+    windows: Mapping[str, Mapping[str, WindowStats]],
+    no_windows: Mapping[str, WindowStats],
+    splits: Mapping[str, Mapping[str, float]],
 ) -> tuple[str, FlagStats] | None:
-    """Read a flag's key and figures from the first `_REGISTERS` bytes of its file, with its windows and split."""
+    """Read a flag's key and figures from the first `_REGISTERS` bytes of its file, with its windows
+    (`no_windows` for a flag without any) and split."""
     if len(header) < _REGISTERS:
         return None
     magic, key_length = _HEADER.unpack_from(header)
@@ -145,8 +147,8 @@ def _parse(
         return None
     key = header[_KEY : _KEY + key_length].decode("utf-8", "replace")
     return key, FlagStats(
-        windows=(windows or {}).get(key) or (windows or {}).get("", {}),
-        split=(splits or {}).get(key),
+        windows=windows.get(key, no_windows),
+        split=splits.get(key),
         total=total,
         errors=errors,
         unique_users=pin_users if pinned else sketch.estimate(histogram),
@@ -203,7 +205,6 @@ class LocalStore:
         self._db_pid = 0
         self._next_prune = 0.0
         self._parsed_figures: tuple[dict[int, int], dict[str, dict[str, WindowStats]]] | None = None
-        self._written = _Written()
 
     @property
     def windows(self) -> tuple[Window, ...]:
@@ -258,14 +259,15 @@ class LocalStore:
             # A bucket began since the figures were computed: the first reader computes them.
             with self._locked(exclusive=True, timeout_s=self._read_timeout_s):
                 figures = self._figures(now, compute=True)
+        no_windows = _window_figures(self._windows, {})
         for header in headers:
-            parsed = _parse(header, figures, splits)
+            parsed = _parse(header, figures or {}, no_windows, splits)
             if parsed is not None:
                 flags[parsed[0]] = parsed[1]
         return Snapshot(flags=flags)
 
     def _figures(self, now: float, *, compute: bool = False) -> dict[str, dict[str, WindowStats]] | None:
-        """Every flag's window figures by window label (a flag without any under `""`), or None when one is
+        """Every flag's window figures by window label (for the flags that have any), or None when one is
         stale and `compute` is off. Parsed once per bucket: kept until the figures are computed again."""
         db = self._database(create=compute)
         if db is None:
@@ -292,7 +294,6 @@ class LocalStore:
         for seconds, flag, variant, users in rows:
             by_flag.setdefault(flag, {})[seconds, variant] = users
         figures = {flag: _window_figures(self._windows, counts) for flag, counts in by_flag.items()}
-        figures[""] = _window_figures(self._windows, {})
         self._parsed_figures = (computed, figures)
         return figures
 
@@ -419,10 +420,8 @@ class LocalStore:
                 level, bound = levels.get((seconds, key, variant), (0, 0))
                 mask = (1 << level) - 1
                 users = [user for user in served if user & mask == 0] if level else served
-                # The bucket, not the time: a user seen again within a bucket needs no write, and
-                # those this process wrote in the current bucket are left out here already.
+                # The bucket, not the time: a user seen again within a bucket is a lookup, not a write.
                 bucket = window.bucket(seen)
-                users = self._written.new(seconds, key, variant, bucket, users)
                 rows += [(seconds, key, variant, user, bucket) for user in users]
                 grown.append((seconds, key, variant, level, bound + len(users)))
         db.executemany(_UPSERT, rows)
@@ -451,7 +450,6 @@ class LocalStore:
                         db.execute("DELETE FROM levels WHERE flag = ?", (flag_key,))
                         db.execute("DELETE FROM figures WHERE flag = ?", (flag_key,))
                     db.execute("DELETE FROM computed WHERE seconds > 0")  # computed again by the next read
-                    self._written.clear()
                     db.execute(_NEXT_GENERATION)  # and parsed again by every process
             if flag_key is not None:
                 _clear(self._region(flag_key).buffer)
@@ -509,42 +507,6 @@ class LocalStore:
 
     def __repr__(self) -> str:
         return f"LocalStore(path={self._path!r})"
-
-
-class _Written:
-    """The users this process wrote to each window, flag and variant in its current bucket, so that a
-    user seen again in the same bucket costs a set lookup instead of a database lookup.
-
-    At most `LIMIT` users are remembered in all (a few MiB); past that, users are written as if new.
-    Forgotten with the database (a reset).
-    """
-
-    LIMIT: Final = 50_000
-
-    def __init__(self) -> None:
-        self._by_key: dict[tuple[int, str, str], tuple[int, set[int]]] = {}
-        self._size = 0
-
-    def new(self, seconds: int, flag: str, variant: str, bucket: int, users: list[int]) -> list[int]:
-        """The users not yet written in `bucket`, remembering them as written."""
-        key = (seconds, flag, variant)
-        entry = self._by_key.get(key)
-        if entry is None or entry[0] != bucket:
-            if entry is not None:
-                self._size -= len(entry[1])
-            entry = self._by_key[key] = (bucket, set())
-        written = entry[1]
-        fresh = [user for user in users if user not in written]
-        room = self.LIMIT - self._size
-        if room > 0:
-            remembered = fresh[:room]
-            written.update(remembered)
-            self._size += len(remembered)
-        return fresh
-
-    def clear(self) -> None:
-        self._by_key.clear()
-        self._size = 0
 
 
 def _user(digest: bytes) -> int:
