@@ -68,7 +68,7 @@ def _forget(store: Any, client: Any) -> None:
 
     if isinstance(store, LocalStore):
         with sqlite3.connect(Path(store.path or "") / "flagmetrics-windows.sqlite") as db:
-            db.execute("DELETE FROM computed")
+            db.execute("DELETE FROM computed WHERE seconds > 0")  # as when every window's bucket ends
     else:
         client.delete(*(store.layout.window_cache(group) for group in range(len(store.layout.tags))))
 

@@ -27,6 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from examples.traffic import Tally, parse_scrape
 from flagmetrics import LocalStore, PrometheusExporter, RedisStore, StoreError
 from flagmetrics.buffer import digest_users
+from flagmetrics.collector import fleet_gauges, window_gauges
 from flagmetrics.stores.base import Batch, FlagDelta, Pin, Snapshot, Store
 from tests.processes import LOOPBACK, RedisCluster, children_of, pid_alive, wait_for
 
@@ -199,6 +200,9 @@ async def redis_contents(client: Any, match: str | None = None) -> bytes:
             raise AssertionError(f"{key!r} holds a {kind} this check does not read")
     return b"\n".join(found)
 
+
+FLEET_GAUGES = tuple(gauge.name for gauge in (*fleet_gauges(""), *window_gauges("")))
+"""The gauges computed from the fleet store, the same on every target (without a prefix)."""
 
 UNICODE_KEY = ("flag-ключ-🚩-名前-" * 20)[:200]
 """A flag key of 200 characters outside ASCII."""

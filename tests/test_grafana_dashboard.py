@@ -31,7 +31,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.helpers import require_binary
+from tests.helpers import FLEET_GAUGES, require_binary
 from tests.processes import REPO
 
 DASHBOARD = REPO / "examples" / "grafana" / "dashboard.json"
@@ -275,14 +275,7 @@ def test_every_exported_family_is_on_the_dashboard() -> None:
 
 def test_fleet_gauges_are_aggregated_with_max() -> None:
     """Every target scrapes the same fleet-wide value: summing over targets would multiply it."""
-    fleet = (
-        "feature_flag_unique_users",
-        "feature_flag_error_rate",
-        "feature_flag_last_evaluated_timestamp_seconds",
-        "feature_flag_window_unique_users",
-        "feature_flag_window_variant_unique_users",
-        "feature_flag_split_p_value",
-    )
+    fleet = FLEET_GAUGES
     uses = [(where, expr) for where, expr in TARGETS if any(g in expr for g in fleet)]
     assert len(uses) >= 6
     for where, expr in uses:

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.helpers import require_binary
+from tests.helpers import FLEET_GAUGES, require_binary
 from tests.processes import REPO
 from tests.test_grafana_dashboard import exported_metric_names, metric_names
 
@@ -27,15 +27,6 @@ RULES_TEST = EXAMPLES / "rules_test.yml"
 RULES_TESTS = (RULES_TEST, EXAMPLES / "rules_days_test.yml")
 """The unit tests: every minute for minutes and hours, every hour for days."""
 CONFIG = EXAMPLES / "prometheus.yml"
-
-FLEET_GAUGES = (
-    "feature_flag_unique_users",
-    "feature_flag_error_rate",
-    "feature_flag_last_evaluated_timestamp_seconds",
-    "feature_flag_window_unique_users",
-    "feature_flag_window_variant_unique_users",
-    "feature_flag_split_p_value",
-)
 
 
 def promtool(*args: str) -> subprocess.CompletedProcess[str]:

@@ -24,7 +24,7 @@ from flagmetrics.exposition import ScrapeSource
 from flagmetrics.server import start_metrics_server
 from flagmetrics.stores import default_store
 from flagmetrics.stores.base import FlagStats, Snapshot, Store, snapshot_within
-from flagmetrics.windows import split_p_value
+from flagmetrics.windows import MISMATCH_P_VALUE, split_p_value
 
 __all__ = ["main"]
 
@@ -439,7 +439,7 @@ def _experiments(snapshot: Snapshot) -> list[str]:
             if stats.split is not None:
                 p_value = split_p_value(figures.variants, stats.split)
                 check = "too few users to check" if p_value is None else f"p = {p_value:.3g}"
-                mismatch = " MISMATCH" if p_value is not None and p_value < 0.001 else ""
+                mismatch = " MISMATCH" if p_value is not None and p_value < MISMATCH_P_VALUE else ""
                 line += f"; expected split {_weights(stats.split)}: {check}{mismatch}"
             lines.append(line)
     return lines
@@ -506,5 +506,5 @@ def _table(snapshot: Snapshot) -> str:
         lines += ["", "* pinned with update_from_metrics(): set from outside, not computed from evaluations"]
     experiments = _experiments(snapshot)
     if experiments:
-        lines += ["", "Users per variant (and split check, p < 0.001 is a mismatch):", *experiments]
+        lines += ["", f"Users per variant (and split check, p < {MISMATCH_P_VALUE:g} is a mismatch):", *experiments]
     return "\n".join(lines)

@@ -10,7 +10,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from flagmetrics.exceptions import ConfigurationError
-from flagmetrics.windows import DEFAULT_WINDOWS, Window, parse_windows
+from flagmetrics.windows import DEFAULT_WINDOWS, parse_windows
 
 __all__ = ["Settings", "metric_prefix", "redact_url"]
 
@@ -115,11 +115,6 @@ class Settings:
         retention = self.retention_s
         if retention is not None and (isinstance(retention, bool) or not isinstance(retention, int) or retention < 1):
             raise ConfigurationError(f"`retention_s` must be a positive whole number of seconds, got {retention!r}")
-
-    @property
-    def trailing_windows(self) -> tuple[Window, ...]:
-        """The windows of `windows`, parsed."""
-        return parse_windows(self.windows, setting="FLAGMETRICS_WINDOWS")
 
     def with_(self, **changes: Any) -> Settings:
         """Return a copy with the fields given changed, validated."""

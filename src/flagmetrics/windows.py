@@ -26,6 +26,7 @@ __all__ = [
     "HLL_RELATIVE_ERROR",
     "MIN_EXPECTED_USERS",
     "MIN_SPLIT_USERS",
+    "MISMATCH_P_VALUE",
     "Window",
     "chi2_sf",
     "parse_windows",
@@ -80,10 +81,6 @@ class Window:
         current = self.bucket(now, phase)
         return range(current - self.span, current + 1)
 
-    def expires_at(self, bucket: int, phase: int = 0) -> int:
-        """When bucket `bucket` is no longer part of any figure (Unix seconds), with one step to spare."""
-        return (bucket + 1) * self.step - phase + self.seconds + self.step
-
 
 def parse_windows(text: str, *, setting: str = "windows") -> tuple[Window, ...]:
     """Parse `1h,24h,7d` (units s, m, h, d; at least 10 s each; `off` or empty for none).
@@ -121,6 +118,8 @@ MIN_SPLIT_USERS: Final = 100
 """Fewest users in a window (over the expected variants) for a split check."""
 MIN_EXPECTED_USERS: Final = 5
 """Fewest users expected in every variant for a split check (the usual rule for a chi-square test)."""
+MISMATCH_P_VALUE: Final = 0.001
+"""Below this p-value a split is reported as a mismatch (as the FeatureFlagSampleRatioMismatch alert)."""
 
 
 def split_weights(flag_key: str, weights: Mapping[str, float]) -> dict[str, float]:
