@@ -20,6 +20,7 @@ from flagmetrics.compat import (
     UnsupportedVersionError,
     flag_client_internals,
     mmaped_dict,
+    multiprocess_merge_steps,
     values_in_multiprocess_mode,
 )
 from tests.processes import REPO
@@ -75,6 +76,34 @@ def test_a_missing_mmaped_dict_method_is_refused_clearly(monkeypatch: pytest.Mon
     monkeypatch.delattr(mmap_dict.MmapedDict, "read_all_values_from_file")
     with pytest.raises(UnsupportedVersionError, match=r"MmapedDict.read_all_values_from_file is gone"):
         mmaped_dict()
+
+
+# -- prometheus_client.multiprocess.MultiProcessCollector's merge steps -------------------------------------
+
+
+def test_the_merge_steps_are_the_merge(tmp_path: Path) -> None:
+    """Read then accumulate gives what MultiProcessCollector.merge gives for the same file."""
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    cls = mmaped_dict()
+    path = str(tmp_path / "counter_1.db")
+    written = cls(path)
+    try:
+        written.write_value('["c", "c_total", {"a": "1"}, "help"]', 2.5, 0.0)
+    finally:
+        written.close()
+    read_metrics, accumulate_metrics = multiprocess_merge_steps()
+    steps = [(s.name, s.labels, s.value) for m in accumulate_metrics(read_metrics([path]), True) for s in m.samples]
+    merged = [(s.name, s.labels, s.value) for m in MultiProcessCollector.merge([path]) for s in m.samples]
+    assert steps == merged == [("c_total", {"a": "1"}, 2.5)]
+
+
+def test_a_missing_merge_step_is_refused_clearly(monkeypatch: pytest.MonkeyPatch) -> None:
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    monkeypatch.delattr(MultiProcessCollector, "_read_metrics")
+    with pytest.raises(UnsupportedVersionError, match=r"MultiProcessCollector._read_metrics is gone"):
+        multiprocess_merge_steps()
 
 
 # -- litestar-flags FeatureFlagClient internals ---------------------------------------------------------

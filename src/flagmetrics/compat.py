@@ -18,6 +18,7 @@ __all__ = [
     "UnsupportedVersionError",
     "flag_client_internals",
     "mmaped_dict",
+    "multiprocess_merge_steps",
     "values_in_multiprocess_mode",
 ]
 
@@ -70,6 +71,22 @@ def mmaped_dict() -> Any:
                 "prometheus-client", PROMETHEUS_CLIENT_RANGE, f"mmap_dict.MmapedDict.{name} is gone"
             )
     return cls
+
+
+def multiprocess_merge_steps() -> tuple[Any, Any]:
+    """The two steps of `MultiProcessCollector.merge`: `_read_metrics` and `_accumulate_metrics`.
+
+    flagmetrics runs them apart to add each sample's values exactly (`math.fsum`) in between.
+    """
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    steps = tuple(getattr(MultiProcessCollector, name, None) for name in ("_read_metrics", "_accumulate_metrics"))
+    for name, step in zip(("_read_metrics", "_accumulate_metrics"), steps, strict=True):
+        if not callable(step):
+            raise UnsupportedVersionError(
+                "prometheus-client", PROMETHEUS_CLIENT_RANGE, f"MultiProcessCollector.{name} is gone"
+            )
+    return steps[0], steps[1]
 
 
 def flag_client_internals(client: Any) -> tuple[Any, Any, Any]:

@@ -1,20 +1,30 @@
 """Internal: the multiprocess directory: preparing it, reading prometheus_client's files under a lock, and
 folding dead workers' files into one archive per metric type so scrapes do not slow down with them.
+
+Every sample of a counter, histogram or summary is the exact sum of its values in every file, rounded
+once (`math.fsum`), so it cannot go backwards when the same values are added in another order: when a
+dead worker is folded, or a new worker's file changes the order of the directory. The archive keeps,
+beside each value, the exact partial sums it was rounded from (`<type>_archive.partials`, JSON, only
+for values that are not exact), so folding loses nothing either. prometheus_client's own collector
+reads the archive as any other file.
 """
 
 from __future__ import annotations
 
 import contextlib
 import glob
+import json
+import math
 import os
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from flagmetrics import locks
-from flagmetrics.compat import mmaped_dict
+from flagmetrics.compat import mmaped_dict, multiprocess_merge_steps
 
 __all__ = ["FilesCollector", "compact", "metrics_lock", "prepare_directory"]
 
@@ -22,6 +32,10 @@ __all__ = ["FilesCollector", "compact", "metrics_lock", "prepare_directory"]
 _HEADER_BYTES = 8
 # Types whose values add up across processes; gauges are left to prometheus_client's mark_process_dead.
 _SUMMED_TYPES = ("counter", "histogram", "summary")
+# Beside `<type>_archive.db`: the exact partial sums of its values that are not exact (not a *.db name).
+_PARTIALS_SUFFIX = ".partials"
+_Sample = tuple[str, Any]
+"""A sample as prometheus_client's reader keys it: its name and its sorted labels."""
 
 
 @contextlib.contextmanager
@@ -43,21 +57,99 @@ class FilesCollector(MultiProcessCollector):
         self._directory = path
 
     def collect(self) -> Iterable[Metric]:
-        """Merge every worker file that has its header."""
+        """Merge every worker file that has its header, each summed sample added exactly."""
         files = []
         for name in glob.glob(os.path.join(self._directory, "*.db")):
             with contextlib.suppress(FileNotFoundError):
                 if os.stat(name).st_size >= _HEADER_BYTES:
                     files.append(name)
-        merged: Iterable[Metric] = self.merge(files, accumulate=True)
+        read_metrics, accumulate_metrics = multiprocess_merge_steps()
+        metrics = read_metrics(files)
+        corrections = _archive_corrections(self._directory)
+        for metric in metrics.values():
+            if metric.type in _SUMMED_TYPES:
+                _sum_exactly(metric, corrections)
+        merged: Iterable[Metric] = accumulate_metrics(metrics, True)
         return merged
+
+
+def _sum_exactly(metric: Metric, corrections: dict[str, dict[_Sample, list[float]]]) -> None:
+    """Replace the samples of `metric` (one per file) by one per sample: the exact sum, rounded once."""
+    values: dict[_Sample, list[float]] = defaultdict(list)
+    for sample in metric.samples:
+        values[(sample.name, sample.labels)].append(sample.value)
+    for sample_key, extra in corrections.get(metric.name, {}).items():
+        values[sample_key].extend(extra)
+    metric.samples = []
+    for (name, labels), parts in values.items():
+        metric.add_sample(name, labels, math.fsum(parts))
+
+
+def add_exactly(partials: list[float], value: float) -> list[float]:
+    """Add `value` to `partials`, non-overlapping floats whose exact sum is the running total (Shewchuk)."""
+    kept = 0
+    for other in partials:
+        if abs(value) < abs(other):
+            value, other = other, value
+        high = value + other
+        low = other - (high - value)
+        if low:
+            partials[kept] = low
+            kept += 1
+        value = high
+    partials[kept:] = [value]
+    return partials
+
+
+def _read_partials(archive: str, values: dict[str, float]) -> dict[str, list[float]]:
+    """The partial sums kept beside `archive`, for the keys whose rounded sum is the archive's value.
+
+    A key whose value changed without its partials (a fold interrupted between the two renames) is
+    left out: its archive value is then taken as it is.
+    """
+    try:
+        with open(archive + _PARTIALS_SUFFIX, encoding="utf-8") as file:
+            stored = json.load(file)
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError):
+        return {}  # unreadable: the rounded archive values stand
+    kept: dict[str, list[float]] = {}
+    if not isinstance(stored, dict):
+        return kept
+    for key, parts in stored.items():
+        try:
+            floats = [float(part) for part in parts]
+            if key in values and math.fsum(floats) == values[key]:
+                kept[key] = floats
+        except (TypeError, ValueError, OverflowError):
+            continue  # a damaged entry: the rounded value stands
+    return kept
+
+
+def _archive_corrections(path: str) -> dict[str, dict[_Sample, list[float]]]:
+    """Per metric and sample, what turns each archive's rounded value back into its exact partial sums."""
+    corrections: dict[str, dict[_Sample, list[float]]] = defaultdict(dict)
+    mmaped = mmaped_dict()
+    for typ in _SUMMED_TYPES:
+        archive = os.path.join(path, f"{typ}_archive.db")
+        if not os.path.exists(archive + _PARTIALS_SUFFIX):
+            continue
+        try:
+            values = {key: value for key, value, _, _ in mmaped.read_all_values_from_file(archive)}
+        except FileNotFoundError:
+            continue
+        for key, parts in _read_partials(archive, values).items():
+            metric_name, name, labels, _help = json.loads(key)
+            corrections[metric_name][(name, tuple(sorted(labels.items())))] = [-values[key], *parts]
+    return corrections
 
 
 def prepare_directory(path: str) -> None:
     """Create `path`, or empty it of the files a previous run left (metric files and fleet state)."""
     os.makedirs(path, mode=0o700, exist_ok=True)
     with metrics_lock(path, exclusive=True):
-        for pattern in ("*.db", "flagmetrics-*"):
+        for pattern in ("*.db", f"*{_PARTIALS_SUFFIX}", "flagmetrics-*"):
             for name in glob.glob(os.path.join(path, pattern)):
                 with contextlib.suppress(FileNotFoundError):
                     os.remove(name)
@@ -81,21 +173,27 @@ def compact(path: str, pid: int) -> int:
             if not os.path.exists(dead):
                 continue
             archive = os.path.join(path, f"{typ}_archive.db")
-            totals: dict[str, float] = defaultdict(float)
-            for source in (archive, dead):
-                if os.path.exists(source):
-                    for key, value, _timestamp, _pos in mmaped.read_all_values_from_file(source):
-                        totals[key] += value
+            totals: dict[str, list[float]] = {}
+            if os.path.exists(archive):
+                values = {key: value for key, value, _, _ in mmaped.read_all_values_from_file(archive)}
+                kept = _read_partials(archive, values)
+                totals = {key: kept.get(key) or [value] for key, value in values.items()}
+            for key, value, _timestamp, _pos in mmaped.read_all_values_from_file(dead):
+                add_exactly(totals.setdefault(key, []), value)
             temporary = f"{archive}.tmp"  # not matched by the collector's *.db glob
             with contextlib.suppress(FileNotFoundError):
                 os.remove(temporary)
             merged = mmaped(temporary)
             try:
-                for key, value in totals.items():
-                    merged.write_value(key, value, 0.0)
+                for key, parts in totals.items():
+                    merged.write_value(key, math.fsum(parts), 0.0)
             finally:
                 merged.close()
+            inexact = {key: parts for key, parts in totals.items() if len(parts) > 1}
+            with open(f"{temporary}{_PARTIALS_SUFFIX}", "w", encoding="utf-8") as file:
+                json.dump(inexact, file)
             os.replace(temporary, archive)
+            os.replace(f"{temporary}{_PARTIALS_SUFFIX}", archive + _PARTIALS_SUFFIX)
             os.remove(dead)
             folded += 1
     return folded
