@@ -48,9 +48,17 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
                 item.add_marker(marker)
 
 
+@pytest.fixture(autouse=True)
+def private_spool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test's exporters spool into its own directory, never the host's default one."""
+    path = tmp_path / "spool"
+    monkeypatch.setenv("FLAGMETRICS_SPOOL_DIR", str(path))
+    return path
+
+
 @pytest.fixture
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No FLAGMETRICS_* settings and no multiprocess directory leak into a test from the environment."""
+def clean_env(monkeypatch: pytest.MonkeyPatch, private_spool: Path) -> None:
+    """No FLAGMETRICS_* settings (but the test's own spool) and no multiprocess directory leak into a test."""
     if values_in_multiprocess_mode():
         pytest.fail(
             "prometheus_client was imported in multiprocess mode: run the tests with PROMETHEUS_MULTIPROC_DIR unset",
@@ -58,7 +66,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
         )
     monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
     for name in list(os.environ):
-        if name.startswith("FLAGMETRICS_"):
+        if name.startswith("FLAGMETRICS_") and name != "FLAGMETRICS_SPOOL_DIR":
             monkeypatch.delenv(name)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
 import fakeredis
 import pytest
@@ -12,6 +13,7 @@ from prometheus_client import CollectorRegistry
 from flagmetrics import (
     PrometheusExporter,
     RedisStore,
+    Settings,
     StoreError,
 )
 from flagmetrics.stores.base import Batch, FlagDelta, Snapshot
@@ -26,6 +28,7 @@ from tests.helpers import (
     make_exporter,
     redis_contents,
     run,
+    sample_value,
     summary,
 )
 
@@ -244,9 +247,9 @@ def test_delivered_flush_frees_capacity(server: fakeredis.FakeServer) -> None:
     assert dropped(registry) == 0.0
 
 
-def test_capacity_stays_taken_while_flush_fails(server: fakeredis.FakeServer) -> None:
+def test_without_a_spool_capacity_stays_taken_while_flush_fails(server: fakeredis.FakeServer) -> None:
     store = fake_redis_store(server, SwitchableStore)
-    exporter, registry = make_exporter(server, store=store, buffer_capacity=2)
+    exporter, registry = make_exporter(server, store=store, settings=Settings(spool_dir="off"), buffer_capacity=2)
 
     async def scenario() -> None:
         await exporter.record(ev(user="u1"))
@@ -259,6 +262,35 @@ def test_capacity_stays_taken_while_flush_fails(server: fakeredis.FakeServer) ->
 
     run(exporter, scenario)
     assert dropped(registry) == 1.0
+
+
+def spooled(directory: Path) -> list[Path]:
+    """The batch files waiting in a spool directory."""
+    return sorted(directory.glob("*.batch"))
+
+
+def test_a_spooled_batch_frees_its_capacity(server: fakeredis.FakeServer, private_spool: Path) -> None:
+    """A failed flush spools the batch and frees the buffer: nothing dropped, all delivered once the store is back."""
+    store = fake_redis_store(server, SwitchableStore)
+    exporter, registry = make_exporter(server, store=store, buffer_capacity=2)
+
+    async def scenario() -> Snapshot:
+        await exporter.record(ev(user="u1"))
+        await exporter.record(ev(user="u2"))
+        store.down = True
+        with pytest.raises(StoreError):
+            await exporter.flush()
+        assert len(spooled(private_spool)) == 1
+        await exporter.record(ev(user="u3"))
+        store.down = False
+        await exporter.flush()
+        return await store.snapshot()
+
+    snapshot = run(exporter, scenario)
+    assert dropped(registry) == 0.0
+    assert summary(snapshot) == {"f": (3, 0, 3, 0.0)}
+    assert sample_value(registry, "flagmetrics_spool_deliveries_total") == 1.0
+    assert spooled(private_spool) == []
 
 
 # -- close -----------------------------------------------------------------------------------------

@@ -25,9 +25,11 @@ import json
 import os
 import re
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import Any
 
+import fakeredis
 import pytest
 import yaml
 
@@ -49,12 +51,23 @@ async def _scrape_text() -> str:
     from prometheus_client import CollectorRegistry
 
     from flagmetrics.config import Settings
-    from flagmetrics.events import Evaluation
     from flagmetrics.exporter import PrometheusExporter
-    from flagmetrics.exposition import render
-    from flagmetrics.stores.local import LocalStore
+    from flagmetrics.stores.redis import RedisStore
 
-    exporter = PrometheusExporter(registry=CollectorRegistry(), store=LocalStore(), settings=Settings())
+    # A Redis store, so that the spool's gauges are in the scrape too (its directory is never created here).
+    with tempfile.TemporaryDirectory() as scratch:
+        exporter = PrometheusExporter(
+            registry=CollectorRegistry(),
+            store=RedisStore(fakeredis.aioredis.FakeRedis()),
+            settings=Settings(spool_dir=os.path.join(scratch, "spool")),
+        )
+        return await _record_and_render(exporter)
+
+
+async def _record_and_render(exporter: Any) -> str:
+    from flagmetrics.events import Evaluation
+    from flagmetrics.exposition import render
+
     try:
         for reason, variant, code in (
             ("SPLIT", "blue", None),

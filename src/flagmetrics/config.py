@@ -65,6 +65,15 @@ class Settings:
     """Trailing windows of the recent-users gauges: durations with a unit s, m, h or d, at least 10s,
     separated by commas; `off` for none."""
 
+    spool_dir: str | None = None
+    """Directory of the batches a worker could not deliver, for any worker of the host to deliver later;
+    unset: `spool` in the multiprocess directory when you set one, else `/var/tmp/flagmetrics-<uid>/spool`
+    (a restart during an outage delivers them); `off` to count them as dropped instead."""
+
+    spool_max_bytes: int = 256 * 1024 * 1024
+    """Most bytes in the spool directory; past it the oldest batches lose their user ids (counted in
+    `flagmetrics_dropped_events_total`), never their evaluation and error counts."""
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Read `FLAGMETRICS_*` variables, then apply explicit overrides that are not None."""
@@ -97,7 +106,9 @@ class Settings:
         port = self.metrics_port
         if port is not None and (isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536):
             raise ConfigurationError(f"`metrics_port` must be a TCP port (1-65535), got {self.metrics_port}")
-        for name in ("buffer_capacity", "max_flags", "max_variants_per_flag"):
+        if self.spool_dir is not None and (not isinstance(self.spool_dir, str) or not self.spool_dir.strip()):
+            raise ConfigurationError(f"`spool_dir` must be a directory path or `off`, got {self.spool_dir!r}")
+        for name in ("buffer_capacity", "max_flags", "max_variants_per_flag", "spool_max_bytes"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigurationError(f"`{name}` must be a positive whole number, got {value!r}")

@@ -13,10 +13,20 @@ from typing import Final
 from flagmetrics.compat import values_in_multiprocess_mode
 from flagmetrics.exceptions import ConfigurationError
 
-__all__ = ["MULTIPROC_ENV", "claim_directory", "multiprocess_dir"]
+__all__ = ["MULTIPROC_ENV", "SPOOL_ENV", "claim_directory", "lasting_spool_dir", "multiprocess_dir"]
 
 MULTIPROC_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
 """prometheus_client's variable naming the directory of every process's metric files."""
+
+
+SPOOL_ENV: Final = "FLAGMETRICS_SPOOL_DIR"
+"""flagmetrics' variable naming the spool directory."""
+
+
+def lasting_spool_dir() -> str:
+    """The spool directory used without a multiprocess directory of your own: kept across restarts and reboots."""
+    # /var/tmp is shared: flagmetrics.spool checks the directories are this user's alone before use.
+    return os.path.join("/var/tmp", f"flagmetrics-{os.getuid()}", "spool")  # noqa: S108
 
 
 def _require_import_order() -> None:
@@ -51,6 +61,9 @@ def multiprocess_dir() -> str | None:
 def claim_directory() -> tuple[str, bool]:
     """Return the multiprocess directory, setting the variable to a new temporary one when unset.
 
+    With a temporary one, `FLAGMETRICS_SPOOL_DIR` defaults to `lasting_spool_dir()`, not to the
+    `spool` directory inside it.
+
     The second value says whether the directory is such a temporary one. Raises `ConfigurationError`
     when prometheus_client was already imported without the variable.
     """
@@ -60,4 +73,6 @@ def claim_directory() -> tuple[str, bool]:
         return path, False
     path = tempfile.mkdtemp(prefix="flagmetrics-multiproc-")
     os.environ[MULTIPROC_ENV] = path
+    # The spool must outlive this temporary directory, so that a restart delivers what it holds.
+    os.environ.setdefault(SPOOL_ENV, lasting_spool_dir())
     return path, True

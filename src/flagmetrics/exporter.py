@@ -20,6 +20,7 @@ from flagmetrics.exceptions import ConfigurationError, FlagMetricsError, StoreEr
 from flagmetrics.flusher import Flusher
 from flagmetrics.logs import ThrottledLog, logger
 from flagmetrics.metrics import DEFAULT_DURATION_BUCKETS, DefectCounter, Metrics
+from flagmetrics.spool import Spool, spool_directory
 from flagmetrics.stores import default_store
 from flagmetrics.stores.base import Pin, Snapshot, Store, snapshot_within
 from flagmetrics.windows import split_weights
@@ -119,6 +120,7 @@ class PrometheusExporter:
         self._read = Reader(self._admission.series).read
         self._defects = DefectCounter(self._metrics.invalid_events)
         self._dropped = self._metrics.dropped_events
+        self._spool = self._open_spool()
         self._flusher = Flusher(
             self._buffer,
             self._store,
@@ -126,11 +128,45 @@ class PrometheusExporter:
             hash_key=self._settings.hash_key.encode(),
             store_errors=self._metrics.store_errors,
             dropped_events=self._dropped,
+            spool=self._spool,
+            spool_deliveries=self._metrics.spool_deliveries,
+            spool_errors=self._metrics.spool_errors,
         )
         self._start_pending = True
         self._fleet_keys: frozenset[str] = frozenset()
         self._declared_splits: set[str] = set()
         self._log = ThrottledLog()
+
+    def _open_spool(self) -> Spool | None:
+        """The spool of undelivered batches, for a store that names its target (`RedisStore`)."""
+        target = getattr(self._store, "spool_target", None)
+        directory = spool_directory(self._settings.spool_dir, self._multiprocess_dir)
+        if not isinstance(target, str) or directory is None:
+            return None
+        corrupt = self._metrics.spool_errors.labels(operation="read")
+
+        def on_corrupt(path: str, why: str) -> None:
+            corrupt.inc()
+            self._log.warning("spool-corrupt", "flagmetrics: set aside a damaged spool file %s: %s", path, why)
+
+        def on_dropped(digests: int) -> None:
+            self._dropped.inc(digests)
+            self._log.warning(
+                "spool-full",
+                "flagmetrics: spool over %d bytes; %d user ids of the oldest batches dropped (counts kept), "
+                "counted in flagmetrics_dropped_events_total",
+                self._settings.spool_max_bytes,
+                digests,
+            )
+
+        return Spool(
+            directory,
+            target,
+            self._buffer.writer,
+            max_bytes=self._settings.spool_max_bytes,
+            on_corrupt=on_corrupt,
+            on_dropped=on_dropped,
+        )
 
     # -- properties kept from litestar-flags' exporter ---------------------------------------------
 
@@ -178,6 +214,11 @@ class PrometheusExporter:
     def metrics(self) -> Metrics:
         """The prometheus_client metric objects, self-metrics included."""
         return self._metrics
+
+    @property
+    def spool_path(self) -> str | None:
+        """The spool directory of undelivered batches, or None when this exporter's store has no spool."""
+        return self._spool.directory if self._spool is not None else None
 
     @property
     def multiprocess_path(self) -> str | None:
@@ -254,12 +295,23 @@ class PrometheusExporter:
         other workers buffered before the reset may still arrive within one flush interval.
         """
         self._buffer.discard(flag_key)
+        self._discard_spooled(flag_key)
         await self._store.reset(flag_key)
 
     async def reset_all_stats(self) -> None:
         """Forget every flag's unique users, error counts and pinned figures for the whole fleet."""
         self._buffer.discard()
+        self._discard_spooled(None)
         await self._store.reset()
+
+    def _discard_spooled(self, flag_key: str | None) -> None:
+        if self._spool is None:
+            return
+        try:
+            self._spool.discard(flag_key)
+        except OSError as exc:
+            self._metrics.spool_errors.labels(operation="write").inc()
+            self._log.warning("spool-write", "flagmetrics: could not take a reset flag out of the spool: %s", exc)
 
     def update_from_metrics(self, flag_key: str, metrics: MetricsProvider | dict[str, Any]) -> None:
         """Pin a flag's unique users and error rate (given in percent, 0-100) for every worker.

@@ -8,20 +8,21 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
-from prometheus_client.metrics_core import Metric
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import REGISTRY
 
 from flagmetrics.collector import FleetCollector, fleet_text
 from flagmetrics.config import Settings
 from flagmetrics.exceptions import ConfigurationError, StoreError
 from flagmetrics.multiprocess import FilesCollector, metrics_lock
+from flagmetrics.spool import spool_directory, spool_usage
 from flagmetrics.stores import default_store
 from flagmetrics.stores.base import Snapshot, snapshot_within
 
 if TYPE_CHECKING:
     from flagmetrics.exporter import PrometheusExporter
 
-__all__ = ["ScrapeSource", "encode", "render", "render_snapshot"]
+__all__ = ["ScrapeSource", "SpoolCollector", "encode", "render", "render_snapshot"]
 
 _EOF = b"# EOF\n"
 
@@ -43,6 +44,7 @@ def render_snapshot(
         multiprocess_path=exporter.multiprocess_path,
         registry=exporter.registry or REGISTRY,
         fleet_gauges=exporter.settings.fleet_gauges,
+        spool_path=exporter.spool_path,
     )
 
 
@@ -54,27 +56,64 @@ def encode(
     multiprocess_path: str | None = None,
     registry: CollectorRegistry | None = None,
     fleet_gauges: bool = True,
+    spool_path: str | None = None,
 ) -> tuple[bytes, str]:
     """Render the fleet gauges of `snapshot` with the workers' files (or `registry` in one process).
 
     With neither a multiprocess path nor a registry, only the fleet gauges are rendered; with
-    `fleet_gauges` False, only the workers' metrics.
+    `fleet_gauges` False, only the workers' metrics. With `spool_path`, the spool's gauges too.
     """
     encoder, content_type = choose_encoder(accept or "")
     openmetrics = content_type.startswith("application/openmetrics-text")
+    scrape = CollectorRegistry(auto_describe=False)
+    if spool_path is not None:
+        scrape.register(SpoolCollector(spool_path, prefix))
     if multiprocess_path is not None:
-        scrape = CollectorRegistry(auto_describe=False)
         scrape.register(FilesCollector(multiprocess_path))
         with metrics_lock(multiprocess_path):
             body = encoder(scrape)
+    elif spool_path is not None:
+        if registry is not None:
+            scrape.register(_Collected(registry))
+        body = encoder(scrape)
     else:
-        body = encoder(registry if registry is not None else CollectorRegistry(auto_describe=False))
+        body = encoder(registry if registry is not None else scrape)
     if not fleet_gauges:
         return body, content_type
     fleet = fleet_text(snapshot, prefix, openmetrics=openmetrics).encode()
     if openmetrics:  # the fleet gauges go before the end marker
         return body.removesuffix(_EOF) + fleet + _EOF, content_type
     return body + fleet, content_type
+
+
+class SpoolCollector:
+    """The spool's gauges, read from its directory at each scrape: batches and bytes waiting on this host."""
+
+    def __init__(self, path: str, prefix: str = "") -> None:
+        self._path = path
+        self._prefix = prefix
+
+    def collect(self) -> Iterator[Metric]:
+        """Yield `flagmetrics_spool_batches` and `flagmetrics_spool_bytes`."""
+        batches, size = spool_usage(self._path)
+        yield GaugeMetricFamily(
+            f"{self._prefix}flagmetrics_spool_batches",
+            "Batches waiting in this host's spool for the fleet store (written by workers that could not deliver)",
+            value=batches,
+        )
+        yield GaugeMetricFamily(
+            f"{self._prefix}flagmetrics_spool_bytes", "Bytes of the batches waiting in this host's spool", value=size
+        )
+
+
+class _Collected:
+    """Another registry's metrics, as one collector of a scrape's registry."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._registry = registry
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._registry.collect()
 
 
 class ScrapeSource:
@@ -112,6 +151,9 @@ class ScrapeSource:
         if self._workers and self._path is not None:
             with metrics_lock(self._path):
                 yield from FilesCollector(self._path).collect()
+        spool = spool_directory(self._settings.spool_dir, self._path) if self._settings.redis_url else None
+        if self._workers and spool is not None:
+            yield from SpoolCollector(spool, self._prefix).collect()
         if self._settings.fleet_gauges or not self._workers:
             yield from FleetCollector(asyncio.run(self._snapshot()), self._prefix).collect()
 

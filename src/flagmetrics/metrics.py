@@ -40,6 +40,8 @@ class Metrics:
     dropped_events: Counter
     store_errors: Counter
     cardinality_overflow: Counter
+    spool_deliveries: Counter
+    spool_errors: Counter
 
     @classmethod
     def create(
@@ -82,7 +84,7 @@ class Metrics:
                 ),
                 dropped_events=Counter(
                     f"{prefix}flagmetrics_dropped_events",
-                    "Evaluations whose user id could not be buffered for the fleet store (buffer full)",
+                    "Evaluations or user ids that could not reach the fleet store (buffer or spool full, for instance)",
                     registry=reg,
                 ),
                 store_errors=Counter(
@@ -97,6 +99,17 @@ class Metrics:
                     labelnames=("kind",),
                     registry=reg,
                 ),
+                spool_deliveries=Counter(
+                    f"{prefix}flagmetrics_spool_deliveries",
+                    "Batches delivered to the fleet store from the spool (written by a worker that could not)",
+                    registry=reg,
+                ),
+                spool_errors=Counter(
+                    f"{prefix}flagmetrics_spool_errors",
+                    "Spool files that could not be written, or were found damaged and set aside, by operation",
+                    labelnames=("operation",),
+                    registry=reg,
+                ),
             )
         except ValueError as exc:
             raise ConfigurationError(
@@ -109,6 +122,8 @@ class Metrics:
             metrics.store_errors.labels(operation=operation)
         for kind in ("flag_key", "variant"):
             metrics.cardinality_overflow.labels(kind=kind)
+        for operation in ("write", "read"):
+            metrics.spool_errors.labels(operation=operation)
         return metrics
 
 

@@ -493,6 +493,18 @@ class RedisStore:
         return self._client
 
     @property
+    def spool_target(self) -> str:
+        """Names the state this store writes, alike in every process configured for it: a worker
+        delivers spooled batches only to the store they were written for."""
+        if isinstance(self._client, RedisCluster):
+            where = "cluster:" + ",".join(sorted(self._client.nodes_manager.startup_nodes))
+        else:
+            kwargs = self._client.connection_pool.connection_kwargs
+            address = kwargs.get("path") or f"{kwargs.get('host')}:{kwargs.get('port')}"
+            where = f"redis:{address}/{kwargs.get('db', 0)}"
+        return f"{where}:{self._layout.prefix}"
+
+    @property
     def key_prefix(self) -> str:
         """The prefix of every key this store writes."""
         return self._layout.prefix
