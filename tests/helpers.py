@@ -9,6 +9,8 @@ import asyncio
 import os
 import shutil
 import subprocess
+import threading
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -29,7 +31,7 @@ from flagmetrics import LocalStore, PrometheusExporter, RedisStore, StoreError
 from flagmetrics.buffer import digest_users
 from flagmetrics.collector import fleet_gauges, window_gauges
 from flagmetrics.stores.base import Batch, FlagDelta, Pin, Snapshot, Store
-from tests.processes import LOOPBACK, RedisCluster, children_of, pid_alive, wait_for
+from tests.processes import LOOPBACK, RedisCluster, children_of, pid_alive, stop_process, wait_for
 
 T = TypeVar("T")
 StoreT = TypeVar("StoreT", bound=Store)
@@ -339,6 +341,10 @@ class Gunicorn:
     def logs(self) -> str:
         return self.log.read_text(errors="replace")
 
+    def stop(self, timeout_s: float = 30) -> None:
+        """Stop the master as a deploy would (SIGTERM: workers finish and flush), waiting for it to exit."""
+        stop_process(self.proc, timeout_s=timeout_s)
+
     def worker_exits(self) -> int:
         """How many workers exited so far (gunicorn logs every worker it boots)."""
         return self.logs().count("Booting worker with pid") - self.workers
@@ -367,3 +373,70 @@ def start_cluster(directory: Path) -> RedisCluster:
     )
     cluster.start()
     return cluster
+
+
+class Scraper(threading.Thread):
+    """Scrape continuously on fresh connections and note every sample that went backwards.
+
+    A worker that is stopping closes the connections it accepted but has not read a request from
+    (uvicorn's shutdown does), so a scrape may find its connection closed with no answer, as a
+    Prometheus scrape would. Those are noted apart in `dropped`: at most one per worker exit, as
+    one scrape is in flight at a time. Any other error, or an answer that is not 200, is a failure.
+    """
+
+    def __init__(self, app: Gunicorn, url: str | None = None) -> None:
+        """Scrape the app's workers, or `url` (the master's metrics port)."""
+        super().__init__(daemon=True)
+        self._app = app
+        self._url = url
+        self._stopping = threading.Event()
+        self.scrapes = 0
+        self.failures: list[str] = []
+        self.dropped: list[str] = []
+        self.regressions: list[str] = []
+        self.durations: list[float] = []
+        """Seconds each answered scrape took."""
+
+    def run(self) -> None:
+        last: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+        while not self._stopping.is_set():
+            started = time.monotonic()
+            try:
+                response = self._app.scrape() if self._url is None else httpx.get(self._url, timeout=10)
+            except (httpx.RemoteProtocolError, httpx.ReadError) as exc:  # closed or reset unanswered
+                self.dropped.append(repr(exc))
+                continue
+            except httpx.HTTPError as exc:
+                self.failures.append(repr(exc))
+                continue
+            if response.status_code != 200:
+                self.failures.append(f"status {response.status_code}")
+                continue
+            self.scrapes += 1
+            self.durations.append(time.monotonic() - started)
+            for key, value in monotonic_samples(response.text).items():
+                if value < last.get(key, float("-inf")):
+                    self.regressions.append(f"{key}: {last[key]} -> {value}")
+                last[key] = value
+
+    def stop(self, at_least: int) -> None:
+        """Stop once `at_least` scrapes were made."""
+        wait_for(lambda: self.scrapes >= at_least, 60, f"{at_least} scrapes")
+        self._stopping.set()
+        self.join(timeout=30)
+
+    def assert_clean(self) -> None:
+        """No failed scrape, no sample that went backwards, a closed connection only per worker exit."""
+        assert self.failures == []
+        assert self.regressions == []
+        assert len(self.dropped) <= self._app.worker_exits(), self.dropped
+
+
+def monotonic_samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample that must never decrease: counters, histogram series and unique users."""
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        if family.type in ("counter", "histogram") or family.name == "feature_flag_unique_users":
+            for sample in family.samples:
+                samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples

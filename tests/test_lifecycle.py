@@ -20,77 +20,15 @@ from typing import Any
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from examples.traffic import Request, Tally, parse_scrape, plan
-from tests.helpers import Gunicorn, assert_scrape_is_true, landed
+from tests.helpers import Gunicorn, Scraper, assert_scrape_is_true, landed
 from tests.processes import REPO, wait_for
 
 pytestmark = pytest.mark.e2e
 
 FLUSH_INTERVAL_S = 0.2
 Answer = tuple[float, Request, dict[str, Any]]
-
-
-class Scraper(threading.Thread):
-    """Scrape continuously on fresh connections and note every sample that went backwards.
-
-    A worker that is stopping closes the connections it accepted but has not read a request from
-    (uvicorn's shutdown does), so a scrape may find its connection closed with no answer, as a
-    Prometheus scrape would. Those are noted apart in `dropped`: at most one per worker exit, as
-    one scrape is in flight at a time. Any other error, or an answer that is not 200, is a failure.
-    """
-
-    def __init__(self, app: Gunicorn) -> None:
-        super().__init__(daemon=True)
-        self._app = app
-        self._stopping = threading.Event()
-        self.scrapes = 0
-        self.failures: list[str] = []
-        self.dropped: list[str] = []
-        self.regressions: list[str] = []
-
-    def run(self) -> None:
-        last: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
-        while not self._stopping.is_set():
-            try:
-                response = self._app.scrape()
-            except (httpx.RemoteProtocolError, httpx.ReadError) as exc:  # closed or reset unanswered
-                self.dropped.append(repr(exc))
-                continue
-            except httpx.HTTPError as exc:
-                self.failures.append(repr(exc))
-                continue
-            if response.status_code != 200:
-                self.failures.append(f"status {response.status_code}")
-                continue
-            self.scrapes += 1
-            for key, value in monotonic_samples(response.text).items():
-                if value < last.get(key, float("-inf")):
-                    self.regressions.append(f"{key}: {last[key]} -> {value}")
-                last[key] = value
-
-    def stop(self, at_least: int) -> None:
-        """Stop once `at_least` scrapes were made."""
-        wait_for(lambda: self.scrapes >= at_least, 60, f"{at_least} scrapes")
-        self._stopping.set()
-        self.join(timeout=30)
-
-    def assert_clean(self) -> None:
-        """No failed scrape, no sample that went backwards, a closed connection only per worker exit."""
-        assert self.failures == []
-        assert self.regressions == []
-        assert len(self.dropped) <= self._app.worker_exits(), self.dropped
-
-
-def monotonic_samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """Every sample that must never decrease: counters, histogram series and unique users."""
-    samples = {}
-    for family in text_string_to_metric_families(text):
-        if family.type in ("counter", "histogram") or family.name == "feature_flag_unique_users":
-            for sample in family.samples:
-                samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return samples
 
 
 def traffic(

@@ -22,8 +22,8 @@ __all__ = ["Flusher"]
 PUSH_TIMEOUT_S = 10.0
 # Deliveries of one batch the store refuses (not an outage) before the batch is dropped and counted.
 REFUSALS_BEFORE_DROP = 3
-# At shutdown after a failed flush, the longest a last try may take before the batches are spooled.
-SHUTDOWN_RETRY_S = 1.0
+# With a spool, the longest the last flush at shutdown may take before the batches are spooled instead.
+SHUTDOWN_TRY_S = 0.5
 # Batches of stopped workers one flush delivers from the spool at most, so its own flushes keep going.
 ADOPTED_PER_FLUSH = 64
 
@@ -209,9 +209,14 @@ class Flusher:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        if self._failing and self._spool is not None:
-            timeout_s = min(timeout_s, SHUTDOWN_RETRY_S)  # the store was down: spool rather than wait
         try:
+            if self._spool is not None:
+                # A worker waiting on the store at exit is a worker gunicorn cannot replace yet: with a
+                # spool, a store that failed the last flush is not tried again, a healthy one answers
+                # within SHUTDOWN_TRY_S.
+                if self._failing:
+                    raise StoreError("the last flush failed")
+                timeout_s = min(timeout_s, SHUTDOWN_TRY_S)
             async with asyncio.timeout(timeout_s):
                 await self.flush()
         except (StoreError, TimeoutError):
