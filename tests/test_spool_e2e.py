@@ -137,7 +137,9 @@ def test_without_a_spool_the_same_outage_loses_what_it_counts(
         # what it had queued: counted as dropped, yet applied. So every loss is counted, at least.
         return (dropped, short) if 0 < short <= dropped else None
 
-    dropped, short = wait_for(settled, 30, "the store to hold all but the evaluations counted as dropped")
+    figures = wait_for(settled, 30, "the store to hold all but the evaluations counted as dropped")
+    assert figures is not None
+    dropped, short = figures
     scraper.stop(at_least=5)
     users = {flag: stats.unique_users for flag, stats in app.fleet_snapshot().flags.items()}
     seen = sum(len(u) for u in tally.users.values())
