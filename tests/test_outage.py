@@ -136,10 +136,19 @@ def test_frozen_redis_slows_no_request(gunicorn: Callable[..., Gunicorn], redis_
 
 
 def test_outage_beyond_buffer_counts_every_drop(gunicorn: Callable[..., Gunicorn], redis_server: RedisServer) -> None:
-    """Past the buffer's capacity user ids are dropped and counted exactly; error rates stay exact."""
+    """Past the buffer's capacity user ids are dropped and counted exactly; error rates stay exact.
+
+    The spool is off: with it, each failed flush moves the buffer to disk (see tests/test_spool.py for
+    its own limit).
+    """
     capacity = 100
     redis_server.stop()
-    app = gunicorn(FLAGMETRICS_REDIS_URL=redis_server.url, FLAGMETRICS_BUFFER_CAPACITY=str(capacity), workers=1)
+    app = gunicorn(
+        FLAGMETRICS_REDIS_URL=redis_server.url,
+        FLAGMETRICS_BUFFER_CAPACITY=str(capacity),
+        FLAGMETRICS_SPOOL_DIR="off",
+        workers=1,
+    )
     # 250 distinct (flag, user) pairs, some of them errors, sent one at a time.
     requests = [
         Request("button_color" if i % 2 else "search_ranking", f"user-{i:06d}", "free", "string" if i % 5 else "json")

@@ -3,6 +3,8 @@ batches (one deliverer at a time), a failed write, and the size of a spooled bat
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import errno
 import multiprocessing
 import os
@@ -12,7 +14,7 @@ from typing import Any
 import fakeredis
 import pytest
 
-from flagmetrics import RedisStore
+from flagmetrics import RedisStore, StoreError
 from flagmetrics.buffer import Buffer
 from flagmetrics.spool import Spool, SpoolCorrupt, decode, encode, spool_directory, spool_usage
 from flagmetrics.stores.base import Batch, FlagDelta, Pin, Snapshot
@@ -232,3 +234,35 @@ def test_spool_size_per_10000_events(tmp_path: Path) -> None:
     size = len(encode(batch, "t"))
     print(f"spool: {size} bytes for 10,000 events ({batch.members} user digests)")
     assert size < 250_000
+
+
+class StubbornStore(SpooledDownStore):
+    """A store whose client holds on to cancellations for 3 s before it gives up, as a client may."""
+
+    async def push(self, batch: Batch) -> None:
+        deadline = asyncio.get_running_loop().time() + 3.0
+        while asyncio.get_running_loop().time() < deadline:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(0.05)
+        raise StoreError("gave up")
+
+
+def test_close_is_bounded_even_when_the_store_holds_a_cancellation(
+    server: fakeredis.FakeServer, private_spool: Path
+) -> None:
+    """A stopping worker spools and returns within its bounds, whatever the store client does."""
+    exporter, registry = make_exporter(server, store=StubbornStore(), flush_interval_s=0.05)
+
+    async def scenario() -> float:
+        await exporter.start()
+        await exporter.record(ev(user="u1"))
+        await asyncio.sleep(0.2)  # the periodic flush is now stuck in push
+        await exporter.record(ev(user="u2"))
+        started = asyncio.get_running_loop().time()
+        await exporter.close(timeout_s=5.0)
+        return asyncio.get_running_loop().time() - started
+
+    took = run(exporter, scenario)
+    assert took < 2.0, f"close took {took:.2f} s"  # CANCEL_WAIT_S + SHUTDOWN_TRY_S + STORE_CLOSE_S at most
+    assert sum(decode(p.read_bytes())[0].events for p in private_spool.glob("*.batch")) == 2
+    assert sample_value(registry, "flagmetrics_dropped_events_total") == 0.0

@@ -7,6 +7,9 @@ sees no sample go backwards and every answer within the scrape timeout plus rend
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import statistics
 import time
 from collections.abc import Callable
@@ -15,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from examples.traffic import Tally, parse_scrape
+from flagmetrics.spool import SpoolCorrupt, decode
 from tests.helpers import Gunicorn, Scraper, assert_scrape_is_true, landed
 from tests.processes import LOOPBACK, RedisServer, free_port, wait_for
 from tests.test_lifecycle import tally_of
@@ -153,8 +157,10 @@ def test_a_master_restarted_after_an_outage_delivers_its_previous_spool(
     gunicorn: Callable[..., Gunicorn], redis_server: RedisServer, tmp_path: Path
 ) -> None:
     """gunicorn stopped while Redis is down, started again once it is back: the old run's batches land."""
-    spool = tmp_path / "lasting-spool"
-    env = {"FLAGMETRICS_REDIS_URL": redis_server.url, "FLAGMETRICS_SPOOL_DIR": str(spool)}
+    # Both runs use one multiprocess directory, which on_starting empties; the spool inside it stays.
+    multiproc = tmp_path / "multiproc"
+    spool = multiproc / "spool"
+    env = {"FLAGMETRICS_REDIS_URL": redis_server.url, "PROMETHEUS_MULTIPROC_DIR": str(multiproc)}
     app = gunicorn(**env)
     tally = Tally()
     traffic(app, tally, 0, 200)
@@ -177,3 +183,32 @@ def test_a_master_restarted_after_an_outage_delivers_its_previous_spool(
     for flag, seen in tally.users.items():
         assert abs(users[flag] - len(seen)) <= 0.02 * len(seen), (flag, users[flag], len(seen))
     print(f"master restarted through an outage: stopped in {stopped_in:.1f} s, previous spool delivered, exact")
+
+
+def spooled_events(directory: Path) -> int:
+    """Evaluations in the batches waiting in a spool directory."""
+    total = 0
+    for path in directory.glob("*.batch"):
+        with contextlib.suppress(FileNotFoundError, SpoolCorrupt):
+            total += decode(path.read_bytes())[0].events
+    return total
+
+
+def test_a_worker_killed_during_an_outage_loses_nothing_it_had_flushed(
+    gunicorn: Callable[..., Gunicorn], redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """Redis down: each failed flush spools, so a SIGKILL loses at most what came after the last one."""
+    spool = tmp_path / "spool-of-killed"
+    app = gunicorn(FLAGMETRICS_REDIS_URL=redis_server.url, FLAGMETRICS_SPOOL_DIR=str(spool))
+    redis_server.stop()
+    tally = Tally()
+    traffic(app, tally, 0, 300)
+    truth = sum(tally.totals().values())
+    wait_for(lambda: spooled_events(spool) == truth, 15, "every evaluation to be spooled by a failed flush")
+    victim = app.worker_pids()[0]
+    os.kill(victim, signal.SIGKILL)
+    wait_for(lambda: victim not in app.worker_pids() and len(app.worker_pids()) == app.workers, 30, "a new worker")
+    redis_server.start()
+    wait_for(lambda: landed(tally, app), 30, "the killed worker's spooled batches to land")
+    assert not any(spool.glob("*.batch"))
+    print(f"SIGKILL during an outage: {truth} evaluations, all delivered (the killed worker's from the spool)")

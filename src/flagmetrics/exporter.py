@@ -27,6 +27,9 @@ from flagmetrics.windows import split_weights
 
 __all__ = ["PROMETHEUS_AVAILABLE", "MetricsProvider", "PrometheusExporter"]
 
+STORE_CLOSE_S = 1.0
+"""Longest wait for the store to close its connections in `close()`, in seconds."""
+
 PROMETHEUS_AVAILABLE = True
 """Kept for litestar-flags compatibility: prometheus_client is a dependency of flagmetrics."""
 
@@ -286,7 +289,9 @@ class PrometheusExporter:
         """
         await self._flusher.stop(timeout_s)
         self._start_pending = True
-        await self._store.close()
+        # Bounded: closing connections to a frozen server must not hold up a stopping worker.
+        closing = asyncio.ensure_future(self._store.close())
+        await asyncio.wait({closing}, timeout=STORE_CLOSE_S)
 
     async def reset_flag_stats(self, flag_key: str) -> None:
         """Forget a flag's unique users, error counts and pinned figures for the whole fleet.

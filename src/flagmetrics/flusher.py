@@ -24,6 +24,8 @@ PUSH_TIMEOUT_S = 10.0
 REFUSALS_BEFORE_DROP = 3
 # With a spool, the longest the last flush at shutdown may take before the batches are spooled instead.
 SHUTDOWN_TRY_S = 0.5
+# Longest wait for the periodic task to give way when stopped: a store client may hold a cancellation.
+CANCEL_WAIT_S = 0.5
 # Batches of stopped workers one flush delivers from the spool at most, so its own flushes keep going.
 ADOPTED_PER_FLUSH = 64
 
@@ -61,6 +63,7 @@ class Flusher:
         self._lock = asyncio.Lock()
         self._refusals = 0
         self._failing = False
+        self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self._log = ThrottledLog()
 
@@ -72,6 +75,7 @@ class Flusher:
     def start(self) -> None:
         """Start the periodic task on the running event loop (idempotent)."""
         if not self.running:
+            self._stopping = False
             self._task = asyncio.get_running_loop().create_task(self._run(), name="flagmetrics-flusher")
 
     async def flush(self) -> None:
@@ -112,11 +116,7 @@ class Flusher:
                 self._refused(batch, exc, drop)
                 raise StoreError(f"flush failed: {exc}", transient=False) from exc
             self._log.warning(
-                "flush",
-                "flagmetrics: store unavailable, %d events kept for retry%s: %s",
-                batch.events,
-                " (spooled)" if self._spool is not None else "",
-                exc,
+                "flush", "flagmetrics: store unavailable, %d events kept for retry: %s", batch.events, exc
             )
             raise StoreError(f"flush failed: {exc}") from exc
         self._refusals = 0
@@ -203,13 +203,18 @@ class Flusher:
             return False
 
     async def stop(self, timeout_s: float) -> None:
-        """Stop the periodic task and flush a last time; spool, or count as dropped, what cannot be delivered."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        """Stop the periodic task and flush a last time; spool, or count as dropped, what cannot be delivered.
+
+        Returns within about `timeout_s` (with a spool, `SHUTDOWN_TRY_S`) plus `CANCEL_WAIT_S`, even
+        when the store client does not give way to a cancellation: tasks that outlive their bound are
+        left behind, and what they hold is spooled or counted.
+        """
+        self._stopping = True
         try:
+            if self._task is not None:
+                self._task.cancel()
+                await asyncio.wait({self._task}, timeout=CANCEL_WAIT_S)
+                self._task = None
             if self._spool is not None:
                 # A worker waiting on the store at exit is a worker gunicorn cannot replace yet: with a
                 # spool, a store that failed the last flush is not tried again, a healthy one answers
@@ -217,8 +222,12 @@ class Flusher:
                 if self._failing:
                     raise StoreError("the last flush failed")
                 timeout_s = min(timeout_s, SHUTDOWN_TRY_S)
-            async with asyncio.timeout(timeout_s):
-                await self.flush()
+            final = asyncio.ensure_future(self.flush())
+            await asyncio.wait({final}, timeout=timeout_s)
+            if not final.done():
+                final.cancel()
+                raise TimeoutError(f"no flush within {timeout_s} s")
+            final.result()
         except (StoreError, TimeoutError):
             if not self.spool_undelivered():
                 self._abandon()
@@ -238,8 +247,10 @@ class Flusher:
             )
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             await asyncio.sleep(self._interval_s)
+            if self._stopping:  # a cancellation the store client swallowed
+                return
             try:
                 await self.flush()
             except StoreError:
