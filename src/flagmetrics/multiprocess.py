@@ -22,6 +22,7 @@ from typing import Any
 
 from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.samples import Sample
 
 from flagmetrics import locks
 from flagmetrics.compat import mmaped_dict, multiprocess_merge_steps
@@ -75,14 +76,20 @@ class FilesCollector(MultiProcessCollector):
 
 def _sum_exactly(metric: Metric, corrections: dict[str, dict[_Sample, list[float]]]) -> None:
     """Replace the samples of `metric` (one per file) by one per sample: the exact sum, rounded once."""
-    values: dict[_Sample, list[float]] = defaultdict(list)
+    values: dict[_Sample, list[float]] = {}
     for sample in metric.samples:
-        values[(sample.name, sample.labels)].append(sample.value)
-    for sample_key, extra in corrections.get(metric.name, {}).items():
-        values[sample_key].extend(extra)
-    metric.samples = []
-    for (name, labels), parts in values.items():
-        metric.add_sample(name, labels, math.fsum(parts))
+        key = (sample.name, sample.labels)
+        parts = values.get(key)
+        if parts is None:
+            values[key] = [sample.value]
+        else:
+            parts.append(sample.value)
+    for key, extra in corrections.get(metric.name, {}).items():
+        values.setdefault(key, []).extend(extra)
+    fsum = math.fsum
+    metric.samples = [
+        Sample(name, labels, parts[0] if len(parts) == 1 else fsum(parts)) for (name, labels), parts in values.items()
+    ]
 
 
 def add_exactly(partials: list[float], value: float) -> list[float]:
@@ -127,12 +134,21 @@ def _read_partials(archive: str, values: dict[str, float]) -> dict[str, list[flo
     return kept
 
 
+# The corrections last read per directory, with the identity of the files they were read from: the
+# archive files change only when a dead worker is folded, so most scrapes reuse them.
+_corrections_cache: dict[str, tuple[tuple[tuple[int, int, int], ...], dict[str, dict[_Sample, list[float]]]]] = {}
+
+
 def _archive_corrections(path: str) -> dict[str, dict[_Sample, list[float]]]:
     """Per metric and sample, what turns each archive's rounded value back into its exact partial sums."""
+    archives = [os.path.join(path, f"{typ}_archive.db") for typ in _SUMMED_TYPES]
+    stamp = tuple(_identity(name) for archive in archives for name in (archive, archive + _PARTIALS_SUFFIX))
+    cached = _corrections_cache.get(path)
+    if cached is not None and cached[0] == stamp:
+        return cached[1]
     corrections: dict[str, dict[_Sample, list[float]]] = defaultdict(dict)
     mmaped = mmaped_dict()
-    for typ in _SUMMED_TYPES:
-        archive = os.path.join(path, f"{typ}_archive.db")
+    for archive in archives:
         if not os.path.exists(archive + _PARTIALS_SUFFIX):
             continue
         try:
@@ -142,7 +158,17 @@ def _archive_corrections(path: str) -> dict[str, dict[_Sample, list[float]]]:
         for key, parts in _read_partials(archive, values).items():
             metric_name, name, labels, _help = json.loads(key)
             corrections[metric_name][(name, tuple(sorted(labels.items())))] = [-values[key], *parts]
+    _corrections_cache[path] = (stamp, corrections)
     return corrections
+
+
+def _identity(name: str) -> tuple[int, int, int]:
+    """What changes when a file is replaced or rewritten: inode, size and modification time."""
+    try:
+        info = os.stat(name)
+    except FileNotFoundError:
+        return (0, 0, 0)
+    return (info.st_ino, info.st_size, info.st_mtime_ns)
 
 
 def prepare_directory(path: str) -> None:
