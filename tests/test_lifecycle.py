@@ -144,7 +144,9 @@ def test_sigkill_loses_no_counter_and_at_most_one_flush_interval(
     counted_twice = settled[0]
     assert 0 <= counted_twice <= len(retried), (counted_twice, retried)
     scrape = parse_scrape(app.scrape().text)
-    assert sum(scrape.histogram_counts.values()) == sum(scrape.evaluations.values())
+    # Each evaluation is two writes (counter, then histogram): the kill may fall between the two of the
+    # one evaluation the worker was recording, never more (record() runs on its one loop thread).
+    assert 0 <= sum(scrape.evaluations.values()) - sum(scrape.histogram_counts.values()) <= 1
 
     # Only what the killed worker answered in its last flush interval may be missing from the store.
     window = len([t for t, _, _ in answers if killed["at"] - FLUSH_INTERVAL_S - 0.2 <= t <= killed["at"] + 0.2])
