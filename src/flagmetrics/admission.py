@@ -4,12 +4,15 @@ counted under, with the flag and variant caps applied and resolved once per seri
 from __future__ import annotations
 
 import threading
+from os import getpid
 from typing import Any
 
 from flagmetrics.buffer import Buffer, FlagBuffer
+from flagmetrics.compat import metric_child_values
 from flagmetrics.events import ERROR, OVERFLOW, Labels
 from flagmetrics.logs import ThrottledLog
 from flagmetrics.metrics import Metrics
+from flagmetrics.mmapvalues import Cell, SeriesCells, cell_of, series_cells
 
 __all__ = ["Admission", "Series"]
 
@@ -21,11 +24,26 @@ again on every evaluation, under the lock, and still counted under its capped se
 class Series:
     """What `record()` touches for one admitted label triple: everything resolved in advance."""
 
-    __slots__ = ("_error_codes", "_errors", "count", "duration", "exposure", "flag", "flag_key", "is_error")
+    __slots__ = (
+        "_cells",
+        "_error_cells",
+        "_error_codes",
+        "_errors",
+        "_evaluations",
+        "_overflow",
+        "count",
+        "duration",
+        "exposure",
+        "flag",
+        "flag_key",
+        "is_error",
+    )
 
     def __init__(self, labels: Labels, metrics: Metrics, flag: FlagBuffer, overflow: Any | None) -> None:
         self.flag_key = labels.flag_key
         evaluations = metrics.evaluations.labels(*labels)
+        self._evaluations = evaluations
+        self._overflow = overflow
         self.count: Any = evaluations if overflow is None else _Both(evaluations, overflow)
         """What counts one evaluation: the evaluations counter child, and the overflow counter's when a
         cap put the evaluation under `__overflow__`."""
@@ -36,6 +54,8 @@ class Series:
         """The variant a user is counted as exposed to: None for ERROR and variant-less evaluations."""
         self._errors = metrics.errors
         self._error_codes: dict[str | None, Any] = {}
+        self._error_cells: dict[str | None, Cell] = {}
+        self._cells: SeriesCells | None = None
 
     def error(self, code: str | None) -> Any:
         """The error counter child of this flag and `code`, resolved once per code."""
@@ -43,6 +63,51 @@ class Series:
         if child is None:
             child = self._error_codes[code] = self._errors.labels(self.flag_key, code or "GENERAL")
         return child
+
+    def record(self, duration_s: float | None, code: str | None) -> None:
+        """Count one evaluation in the counters and the histogram, every value written to the mmap at once.
+
+        In a multiprocess worker the values are written directly (`flagmetrics.mmapvalues`) under
+        prometheus_client's lock, all of one evaluation at once; otherwise, and for the first
+        evaluation of a series in a process, through prometheus_client.
+        """
+        cells = self._cells
+        if cells is None or cells.pid != getpid():
+            self._record_slowly(duration_s, code)
+            return
+        error = None
+        if self.is_error:
+            error = self._error_cells.get(code)
+            if error is None:
+                self._record_slowly(duration_s, code)
+                return
+        with cells.lock:
+            cells.count.add(1.0)
+            if cells.overflow is not None:
+                cells.overflow.add(1.0)
+            if duration_s is not None:
+                cells.sum.add(duration_s)
+                cells.bucket(duration_s).add(1.0)
+            if error is not None:
+                error.add(1.0)
+
+    def _record_slowly(self, duration_s: float | None, code: str | None) -> None:
+        """Count through prometheus_client (which also moves the values to a forked child's files), then
+        resolve the cells for the next evaluations."""
+        self.count.inc()
+        if duration_s is not None:
+            self.duration.observe(duration_s)
+        if self.is_error:
+            child = self.error(code)
+            child.inc()
+        cells = self._cells
+        if cells is None or cells.pid != getpid():
+            self._error_cells = {}
+            self._cells = series_cells(self._evaluations, self._overflow, self.duration)
+        if self.is_error and self._cells is not None and code not in self._error_cells:
+            found = cell_of(metric_child_values(self.error(code))[0])
+            if found is not None:
+                self._error_cells[code] = found[1]
 
 
 class _Both:

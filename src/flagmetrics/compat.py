@@ -17,8 +17,10 @@ __all__ = [
     "PROMETHEUS_CLIENT_RANGE",
     "UnsupportedVersionError",
     "flag_client_internals",
+    "metric_child_values",
     "mmaped_dict",
     "multiprocess_merge_steps",
+    "multiprocess_value_cell",
     "values_in_multiprocess_mode",
 ]
 
@@ -87,6 +89,56 @@ def multiprocess_merge_steps() -> tuple[Any, Any]:
                 "prometheus-client", PROMETHEUS_CLIENT_RANGE, f"MultiProcessCollector.{name} is gone"
             )
     return steps[0], steps[1]
+
+
+def multiprocess_value_cell(value: Any) -> tuple[Any, Any, int] | None:
+    """For a metric child's multiprocess value: prometheus_client's write lock, its file and the value's position.
+
+    None for a value that is not a multiprocess one (a single process). flagmetrics writes the 8 bytes
+    of the value at that position itself, under the same lock, keeping `value._value` in step so that
+    prometheus_client's own writes of the child go on from it (see `flagmetrics.mmapvalues`).
+    """
+    if not getattr(value, "_multiprocess", False):
+        return None
+    inc = getattr(type(value), "inc", None)
+    code = getattr(inc, "__code__", None)
+    closure = getattr(inc, "__closure__", None)
+    if code is None or closure is None or "lock" not in code.co_freevars:
+        raise UnsupportedVersionError(
+            "prometheus-client", PROMETHEUS_CLIENT_RANGE, "MmapedValue.inc no longer writes under a shared `lock`"
+        )
+    lock = closure[code.co_freevars.index("lock")].cell_contents
+    file = getattr(value, "_file", None)
+    key = getattr(value, "_key", None)
+    positions = getattr(file, "_positions", None)
+    if not isinstance(getattr(value, "_value", None), float) or not isinstance(positions, dict) or key not in positions:
+        raise UnsupportedVersionError(
+            "prometheus-client", PROMETHEUS_CLIENT_RANGE, "MmapedValue has no `_value`, `_file` and `_key` in its file"
+        )
+    if getattr(file, "_m", None) is None:
+        raise UnsupportedVersionError("prometheus-client", PROMETHEUS_CLIENT_RANGE, "MmapedDict has no mmap `_m`")
+    return lock, file, positions[key]
+
+
+def metric_child_values(child: Any) -> tuple[Any, list[Any], list[float]]:
+    """The value objects of a prometheus_client counter child (`([value], [], [])`) or histogram child
+    (`(sum, buckets, upper bounds)`)."""
+    if hasattr(child, "_upper_bounds"):
+        total, buckets, bounds = (getattr(child, name, None) for name in ("_sum", "_buckets", "_upper_bounds"))
+        if (
+            total is None
+            or not isinstance(buckets, list)
+            or not isinstance(bounds, list)
+            or len(buckets) != len(bounds)
+        ):
+            raise UnsupportedVersionError(
+                "prometheus-client", PROMETHEUS_CLIENT_RANGE, "Histogram has no `_sum`, `_buckets` and `_upper_bounds`"
+            )
+        return total, buckets, bounds
+    value = getattr(child, "_value", None)
+    if value is None or not hasattr(value, "inc"):
+        raise UnsupportedVersionError("prometheus-client", PROMETHEUS_CLIENT_RANGE, "Counter has no `_value`")
+    return value, [], []
 
 
 def flag_client_internals(client: Any) -> tuple[Any, Any, Any]:

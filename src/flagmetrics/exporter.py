@@ -243,11 +243,7 @@ class PrometheusExporter:
             if series is None:
                 return
             # From here on the evaluation is counted, so nothing below may abort half-way.
-            series.count.inc()
-            if duration_s is not None:
-                series.duration.observe(duration_s)
-            if series.is_error:
-                series.error(error_code).inc()
+            series.record(duration_s, error_code)
             if not self._buffer.add(series.flag, series.is_error, user, series.exposure):
                 self._dropped.inc()
             if self._start_pending:

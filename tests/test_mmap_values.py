@@ -1,0 +1,66 @@
+"""flagmetrics' direct writes into prometheus_client's multiprocess files, held against prometheus_client itself.
+
+Each case runs tests/workers/mmap_values.py in a process of its own with a fresh multiprocess
+directory (the suite itself runs prometheus_client in single-process mode).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from tests.processes import clean_environ
+
+
+def worker(directory: Path, *args: str) -> Any:
+    directory.mkdir()
+    result = subprocess.run(
+        [sys.executable, "-m", "tests.workers.mmap_values", *args],
+        env=clean_environ(PROMETHEUS_MULTIPROC_DIR=str(directory)),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_the_same_events_give_the_same_samples_as_prometheus_client(tmp_path: Path) -> None:
+    """Every sample, counters, error counters, overflow, buckets and sums, bit for bit."""
+    fast = worker(tmp_path / "fast", "events", "fast")
+    reference = worker(tmp_path / "reference", "events", "prometheus_client")
+    assert fast["direct_series"] > 20  # the direct writes were used ...
+    assert reference["direct_series"] == 0  # ... and not in the reference
+    fast, reference = fast["samples"], reference["samples"]
+    assert fast == reference
+    assert fast['feature_flag_evaluation_duration_seconds_count{"flag_key": "flag_0"}'] == 429.0
+    assert any("__overflow__" in key for key in fast)
+    assert any('"error_code": "PARSE_ERROR"' in key for key in fast)
+
+
+def test_threads_hammering_one_series_count_exactly(tmp_path: Path) -> None:
+    found = worker(tmp_path / "threads", "threads", "8", "20000")
+    assert (
+        found['feature_flag_evaluations_total{"flag_key": "hammered", "reason": "SPLIT", "variant": "on"}'] == 160_000
+    )
+    assert found['feature_flag_evaluation_duration_seconds_count{"flag_key": "hammered"}'] == 160_000
+    total = 0.0
+    for _ in range(160_000):  # every observation is the same, so any order of the additions gives this
+        total += 0.0005
+    assert found['feature_flag_evaluation_duration_seconds_sum{"flag_key": "hammered"}'] == total
+
+
+def test_a_forked_child_writes_its_own_files(tmp_path: Path) -> None:
+    """A child keeps counting after a fork, in its own files; the parent's are untouched by it."""
+    found = worker(tmp_path / "fork", "fork")
+    key = 'feature_flag_evaluations_total{"flag_key": "forked", "reason": "SPLIT", "variant": "on"}'
+    assert found["parent"][key] == 107.0
+    assert found["child"][key] == 30.0  # prometheus_client's fork handling: a file of its own, from zero
+    assert found["all"][key] == 137.0
+    count = 'feature_flag_evaluation_duration_seconds_count{"flag_key": "forked"}'
+    assert found["parent"][count] == 107.0
+    assert found["child"][count] == 30.0

@@ -1,0 +1,127 @@
+"""Record evaluations in a multiprocess worker and print every sample its files hold, as JSON.
+
+    python -m tests.workers.mmap_values events fast|prometheus_client
+    python -m tests.workers.mmap_values threads THREADS EVENTS
+    python -m tests.workers.mmap_values fork
+
+Run with PROMETHEUS_MULTIPROC_DIR set to an empty directory. `events` records a fixed stream (every
+reason, ERROR with several codes, variants past the cap, durations across every bucket), through
+flagmetrics' direct writes (`fast`) or through prometheus_client's own `inc`/`observe` (what the
+exporter did before), and prints the samples prometheus_client's `MultiProcessCollector` reads.
+`threads` hammers one series from several threads. `fork` records in a parent, a forked child and
+the parent again, and prints each process's file's samples.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from flagmetrics import LocalStore, PrometheusExporter
+from flagmetrics.admission import Series
+from flagmetrics.events import Evaluation
+
+DIRECTORY = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+
+
+def samples(paths: list[str] | None = None) -> dict[str, float]:
+    """Every sample of the directory's files (or of `paths`), keyed by name and labels."""
+    metrics = MultiProcessCollector.merge(paths) if paths is not None else MultiProcessCollector(None).collect()
+    return {
+        f"{s.name}{json.dumps(s.labels, sort_keys=True)}": s.value
+        for metric in metrics
+        for s in metric.samples
+        if s.name.startswith("feature_flag_") or "overflow" in s.name
+    }
+
+
+def exporter() -> PrometheusExporter:
+    return PrometheusExporter(registry=CollectorRegistry(), store=LocalStore(None), max_variants_per_flag=3)
+
+
+def stream() -> list[Evaluation]:
+    events = []
+    for i in range(3_000):
+        flag = f"flag_{i % 7}"
+        if i % 9 == 0:
+            events.append(Evaluation(flag, "ERROR", None, f"u{i}", 0.003 * (i % 11), ("GENERAL", "PARSE_ERROR")[i % 2]))
+        else:
+            variant = f"v{i % 5}"  # 5 variants, cap 3: two counted under __overflow__
+            durations = (0.01, 0.3, 0.7, 2.0, 9.0, 30.0, 80.0, 400.0, 2000.0, 0.0)
+            events.append(Evaluation(flag, ("SPLIT", "STATIC", "DEFAULT")[i % 3], variant, f"u{i}", durations[i % 10]))
+    return events
+
+
+def slow_record(self: Series, duration_s: float | None, code: str | None) -> None:
+    """What `record_sync` did before the direct writes: prometheus_client's own calls."""
+    self.count.inc()
+    if duration_s is not None:
+        self.duration.observe(duration_s)
+    if self.is_error:
+        self.error(code).inc()
+
+
+def events(mode: str) -> dict[str, Any]:
+    if mode == "prometheus_client":
+        Series.record = slow_record  # type: ignore[method-assign]
+    recorder = exporter()
+    for event in stream():
+        recorder.record_sync(event)
+    written = [series for series in recorder._admission._by_labels.values() if series._cells is not None]
+    return {"samples": samples(), "direct_series": len(written)}
+
+
+def threads(count: int, each: int) -> dict[str, Any]:
+    recorder = exporter()
+    event = Evaluation("hammered", "SPLIT", "on", None, 0.5)
+
+    def hammer() -> None:
+        for _ in range(each):
+            recorder.record_sync(event)
+
+    workers = [threading.Thread(target=hammer) for _ in range(count)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    return samples()
+
+
+def fork() -> dict[str, Any]:
+    recorder = exporter()
+    event = Evaluation("forked", "SPLIT", "on", None, 0.5)
+    for _ in range(100):
+        recorder.record_sync(event)
+    child = os.fork()
+    if child == 0:
+        for _ in range(30):
+            recorder.record_sync(event)
+        os._exit(0)
+    os.waitpid(child, 0)
+    for _ in range(7):
+        recorder.record_sync(event)
+    files = {
+        pid: [os.path.join(DIRECTORY, f"{kind}_{pid}.db") for kind in ("counter", "histogram")]
+        for pid in (os.getpid(), child)
+    }
+    return {"parent": samples(files[os.getpid()]), "child": samples(files[child]), "all": samples()}
+
+
+def main(argv: list[str]) -> None:
+    if argv[0] == "events":
+        result = events(argv[1])
+    elif argv[0] == "threads":
+        result = threads(int(argv[1]), int(argv[2]))
+    else:
+        result = fork()
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
