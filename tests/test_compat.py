@@ -19,8 +19,10 @@ from flagmetrics.compat import (
     PROMETHEUS_CLIENT_RANGE,
     UnsupportedVersionError,
     flag_client_internals,
+    metric_child_values,
     mmaped_dict,
     multiprocess_merge_steps,
+    multiprocess_value_cell,
     values_in_multiprocess_mode,
 )
 from tests.processes import REPO
@@ -128,3 +130,44 @@ def test_a_client_without_an_internal_is_refused_naming_it(missing: str) -> None
     del fields[missing]
     with pytest.raises(UnsupportedVersionError, match=rf"litestar-flags .*{missing}.*pip install 'litestar-flags"):
         flag_client_internals(SimpleNamespace(**fields))
+
+
+# -- prometheus_client's multiprocess values and metric children -----------------------------------------
+
+
+def test_a_single_process_value_has_no_cell() -> None:
+    from prometheus_client import CollectorRegistry, Counter
+
+    child = Counter("c", "help", ["a"], registry=CollectorRegistry()).labels("x")
+    value, buckets, bounds = metric_child_values(child)
+    assert (buckets, bounds) == ([], [])
+    assert multiprocess_value_cell(value) is None
+
+
+def test_a_histogram_childs_values() -> None:
+    from prometheus_client import CollectorRegistry, Histogram
+
+    child = Histogram("h", "help", ["a"], buckets=(0.1, 1.0), registry=CollectorRegistry()).labels("x")
+    total, buckets, bounds = metric_child_values(child)
+    assert total is not None
+    assert len(buckets) == len(bounds) == 3
+    assert bounds[-1] == float("inf")
+
+
+def test_a_multiprocess_value_without_its_lock_is_refused_clearly() -> None:
+    class Value:
+        _multiprocess = True
+        _value = 0.0
+
+        def inc(self, amount: float) -> None:
+            self._value += amount
+
+    with pytest.raises(UnsupportedVersionError, match=r"MmapedValue.inc no longer writes under a shared `lock`"):
+        multiprocess_value_cell(Value())
+
+
+def test_a_child_without_its_values_is_refused_clearly() -> None:
+    with pytest.raises(UnsupportedVersionError, match=r"Counter has no `_value`"):
+        metric_child_values(SimpleNamespace())
+    with pytest.raises(UnsupportedVersionError, match=r"Histogram has no"):
+        metric_child_values(SimpleNamespace(_upper_bounds=[1.0], _buckets=None, _sum=None))

@@ -7,19 +7,25 @@ directory (the suite itself runs prometheus_client in single-process mode).
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
-from tests.processes import clean_environ
+import pytest
+
+from tests.processes import REPO, clean_environ
 
 
-def worker(directory: Path, *args: str) -> Any:
+def worker(directory: Path, *args: str, pythonpath: str | None = None) -> Any:
     directory.mkdir()
+    env = clean_environ(PROMETHEUS_MULTIPROC_DIR=str(directory))
+    if pythonpath is not None:
+        env["PYTHONPATH"] = pythonpath
     result = subprocess.run(
         [sys.executable, "-m", "tests.workers.mmap_values", *args],
-        env=clean_environ(PROMETHEUS_MULTIPROC_DIR=str(directory)),
+        env=env,
         capture_output=True,
         text=True,
         timeout=120,
@@ -64,3 +70,52 @@ def test_a_forked_child_writes_its_own_files(tmp_path: Path) -> None:
     count = 'feature_flag_evaluation_duration_seconds_count{"flag_key": "forked"}'
     assert found["parent"][count] == 107.0
     assert found["child"][count] == 30.0
+
+
+# The newest release of every minor version in the supported range (flagmetrics.compat.PROMETHEUS_CLIENT_RANGE).
+SUPPORTED = ("0.20.0", "0.21.1", "0.22.1", "0.23.1", "0.24.1", "0.25.0", "0.26.0")
+
+
+def test_the_versions_tested_cover_the_supported_range() -> None:
+    from packaging.specifiers import SpecifierSet
+    from packaging.version import Version
+
+    from flagmetrics.compat import PROMETHEUS_CLIENT_RANGE
+
+    supported = SpecifierSet(PROMETHEUS_CLIENT_RANGE)
+    assert all(version in supported for version in SUPPORTED)
+    minors = {Version(v).minor for v in SUPPORTED}
+    assert minors == set(range(20, 27)), "a minor version of the range is not tested"
+
+
+@pytest.mark.parametrize("version", SUPPORTED)
+def test_each_supported_prometheus_client_reads_the_same_samples(version: str, tmp_path: Path) -> None:
+    """Installed apart (pip --target), each version gives the same samples both ways, and across a fork."""
+    site = tmp_path / "site"
+    installed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--target",
+            str(site),
+            f"prometheus-client=={version}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert installed.returncode == 0, installed.stderr
+    path = f"{site}{os.pathsep}{REPO}"
+    fast = worker(tmp_path / "fast", "events", "fast", pythonpath=path)
+    reference = worker(tmp_path / "reference", "events", "prometheus_client", pythonpath=path)
+    assert fast["version"] == reference["version"] == version
+    assert fast["direct_series"] > 20
+    assert fast["samples"] == reference["samples"]
+    forked = worker(tmp_path / "fork", "fork", pythonpath=path)
+    key = 'feature_flag_evaluations_total{"flag_key": "forked", "reason": "SPLIT", "variant": "on"}'
+    assert (forked["parent"][key], forked["child"][key]) == (107.0, 30.0)

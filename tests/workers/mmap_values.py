@@ -18,6 +18,7 @@ import json
 import os
 import sys
 import threading
+from importlib.metadata import version
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -74,7 +75,7 @@ def events(mode: str) -> dict[str, Any]:
     for event in stream():
         recorder.record_sync(event)
     written = [series for series in recorder._admission._by_labels.values() if series._cells is not None]
-    return {"samples": samples(), "direct_series": len(written)}
+    return {"samples": samples(), "direct_series": len(written), "version": version("prometheus-client")}
 
 
 def threads(count: int, each: int) -> dict[str, Any]:
