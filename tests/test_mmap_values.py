@@ -72,6 +72,13 @@ def test_a_forked_child_writes_its_own_files(tmp_path: Path) -> None:
     assert found["child"][count] == 30.0
 
 
+def test_files_that_grow_keep_every_write(tmp_path: Path) -> None:
+    """Series written through a map made before their file grew land with the ones written after."""
+    found = worker(tmp_path / "grow", "grow")
+    assert found["sizes"][0] > 1024 * 1024  # past prometheus_client's first size of a file
+    assert found["series"] == found["all_three"] == 8_000
+
+
 # The newest release of every minor version in the supported range (flagmetrics.compat.PROMETHEUS_CLIENT_RANGE).
 SUPPORTED = ("0.20.0", "0.21.1", "0.22.1", "0.23.1", "0.24.1", "0.25.0", "0.26.0")
 

@@ -4,7 +4,7 @@ counted under, with the flag and variant caps applied and resolved once per seri
 from __future__ import annotations
 
 import threading
-from os import getpid
+from bisect import bisect_left
 from typing import Any
 
 from flagmetrics.buffer import Buffer, FlagBuffer
@@ -12,7 +12,7 @@ from flagmetrics.compat import metric_child_values
 from flagmetrics.events import ERROR, OVERFLOW, Labels
 from flagmetrics.logs import ThrottledLog
 from flagmetrics.metrics import Metrics
-from flagmetrics.mmapvalues import Cell, SeriesCells, cell_of, series_cells
+from flagmetrics.mmapvalues import Cell, SeriesCells, cell_of, fork_generation, series_cells
 
 __all__ = ["Admission", "Series"]
 
@@ -72,7 +72,7 @@ class Series:
         evaluation of a series in a process, through prometheus_client.
         """
         cells = self._cells
-        if cells is None or cells.pid != getpid():
+        if cells is None or cells.generation != fork_generation[0]:
             self._record_slowly(duration_s, code)
             return
         error = None
@@ -82,12 +82,25 @@ class Series:
                 self._record_slowly(duration_s, code)
                 return
         with cells.lock:
-            cells.count.add(1.0)
+            # Each value: keep prometheus_client's copy in step, then store it in the file.
+            cell = cells.count
+            value = cell.value
+            total = value._value + 1.0
+            value._value = total
+            cell.view[cell.index] = total
+            if duration_s is not None:
+                cell = cells.sum
+                value = cell.value
+                total = value._value + duration_s
+                value._value = total
+                cell.view[cell.index] = total
+                cell = cells.buckets[bisect_left(cells.bounds, duration_s)]
+                value = cell.value
+                total = value._value + 1.0
+                value._value = total
+                cell.view[cell.index] = total
             if cells.overflow is not None:
                 cells.overflow.add(1.0)
-            if duration_s is not None:
-                cells.sum.add(duration_s)
-                cells.bucket(duration_s).add(1.0)
             if error is not None:
                 error.add(1.0)
 
@@ -101,7 +114,7 @@ class Series:
             child = self.error(code)
             child.inc()
         cells = self._cells
-        if cells is None or cells.pid != getpid():
+        if cells is None or cells.generation != fork_generation[0]:
             self._error_cells = {}
             self._cells = series_cells(self._evaluations, self._overflow, self.duration)
         if self.is_error and self._cells is not None and code not in self._error_cells:

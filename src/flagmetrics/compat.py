@@ -115,8 +115,10 @@ def multiprocess_value_cell(value: Any) -> tuple[Any, Any, int] | None:
         raise UnsupportedVersionError(
             "prometheus-client", PROMETHEUS_CLIENT_RANGE, "MmapedValue has no `_value`, `_file` and `_key` in its file"
         )
-    if getattr(file, "_m", None) is None:
-        raise UnsupportedVersionError("prometheus-client", PROMETHEUS_CLIENT_RANGE, "MmapedDict has no mmap `_m`")
+    if getattr(file, "_m", None) is None or not callable(getattr(getattr(file, "_f", None), "fileno", None)):
+        raise UnsupportedVersionError(
+            "prometheus-client", PROMETHEUS_CLIENT_RANGE, "MmapedDict has no mmap `_m` of an open file `_f`"
+        )
     return lock, file, positions[key]
 
 

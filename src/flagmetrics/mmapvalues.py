@@ -12,40 +12,78 @@ histograms), and every reader of those files reads them unchanged.
 
 A `SeriesCells` is valid in the process that built it: after a fork, the first evaluation of each
 series goes through prometheus_client (which moves every value to the child's own files) and the
-cells are built again.
+cells are built again. The value is stored through a view, as doubles, of a map of the file of our own
+(one aligned 8-byte store), which prometheus_client never closes; a forked child releases them.
 """
 
 from __future__ import annotations
 
+import mmap
 import os
-import struct
 from bisect import bisect_left
 from typing import Any
 
 from flagmetrics.compat import metric_child_values, multiprocess_value_cell
 
-__all__ = ["Cell", "SeriesCells", "cell_of", "series_cells"]
+__all__ = ["Cell", "SeriesCells", "cell_of", "fork_generation", "series_cells"]
 
-_pack = struct.Struct("d").pack
+_maps: dict[int, tuple[Any, mmap.mmap, Any]] = {}
+"""This process's own maps of prometheus_client's files, by the id of prometheus_client's file object:
+(that object, the map, a view of it as doubles). Ours, so that prometheus_client may close its own."""
+
+_old: list[tuple[Any, mmap.mmap, Any]] = []
+"""Maps replaced by larger ones (a file that grew); cells made before still write through them."""
+
+fork_generation = [0]
+"""This process's fork generation (one item, bumped in a forked child): cells built before a fork are stale there."""
+
+
+def _after_fork_in_child() -> None:
+    fork_generation[0] += 1
+    for _file, mapped, view in [*_maps.values(), *_old]:
+        view.release()
+        mapped.close()
+    _maps.clear()
+    _old.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _view(file: Any, end: int) -> Any:
+    """A view, as doubles, of a map of our own of prometheus_client's `file` reaching at least `end`."""
+    known = _maps.get(id(file))
+    if known is not None and known[0] is file and len(known[1]) >= end:
+        return known[2]
+    size = len(file._m)
+    mapped = mmap.mmap(file._f.fileno(), size)
+    view = memoryview(mapped).cast("d")
+    if known is not None and known[0] is file:
+        _old.append(known)  # cells made before still write through it: same file, same bytes
+    _maps[id(file)] = (file, mapped, view)
+    return view
 
 
 class Cell:
-    """One value of a multiprocess file: its value object, its file and the position of its 8 bytes."""
+    """One value of a multiprocess file: its value object, and a view of the file's doubles with its index.
 
-    __slots__ = ("end", "file", "pos", "value")
+    The view is of a map of the file of our own (prometheus_client may close or replace its own map:
+    both map the same file, so every write lands in it).
+    """
 
-    def __init__(self, value: Any, file: Any, pos: int) -> None:
+    __slots__ = ("index", "value", "view")
+
+    def __init__(self, value: Any, view: Any, index: int) -> None:
         self.value = value
-        self.file = file
-        self.pos = pos
-        self.end = pos + 8
+        self.view = view
+        self.index = index
 
     def add(self, amount: float) -> None:
         """Add `amount`; the caller holds prometheus_client's lock."""
         value = self.value
         total = value._value + amount
         value._value = total
-        self.file._m[self.pos : self.end] = _pack(total)
+        self.view[self.index] = total
 
 
 def cell_of(value: Any) -> tuple[Any, Cell] | None:
@@ -54,25 +92,26 @@ def cell_of(value: Any) -> tuple[Any, Cell] | None:
     if found is None:
         return None
     lock, file, pos = found
-    return lock, Cell(value, file, pos)
+    view = _view(file, pos + 8)
+    return lock, Cell(value, view, pos // 8)
 
 
 class SeriesCells:
     """The cells one evaluation of a series writes: its evaluations counter (and overflow counter),
-    its histogram's sum and buckets. Built in process `pid`, valid there only."""
+    its histogram's sum and buckets. Valid in the fork generation it was built in."""
 
-    __slots__ = ("bounds", "buckets", "count", "lock", "overflow", "pid", "sum")
+    __slots__ = ("bounds", "buckets", "count", "generation", "lock", "overflow", "sum")
 
     def __init__(
         self, lock: Any, count: Cell, overflow: Cell | None, sum_: Cell, buckets: list[Cell], bounds: list[float]
-    ):
+    ) -> None:
         self.lock = lock
         self.count = count
         self.overflow = overflow
         self.sum = sum_
         self.buckets = buckets
         self.bounds = bounds
-        self.pid = os.getpid()
+        self.generation = fork_generation[0]
 
     def bucket(self, duration_s: float) -> Cell:
         """The bucket prometheus_client would count `duration_s` in: the first whose bound is not below it."""

@@ -3,6 +3,7 @@
     python -m tests.workers.mmap_values events fast|prometheus_client
     python -m tests.workers.mmap_values threads THREADS EVENTS
     python -m tests.workers.mmap_values fork
+    python -m tests.workers.mmap_values grow
 
 Run with PROMETHEUS_MULTIPROC_DIR set to an empty directory. `events` records a fixed stream (every
 reason, ERROR with several codes, variants past the cap, durations across every bucket), through
@@ -21,7 +22,7 @@ import threading
 from importlib.metadata import version
 from typing import Any
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, values
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from flagmetrics import LocalStore, PrometheusExporter
@@ -114,9 +115,24 @@ def fork() -> dict[str, Any]:
     return {"parent": samples(files[os.getpid()]), "child": samples(files[child]), "all": samples()}
 
 
+def grow() -> dict[str, Any]:
+    """Enough series to grow the files past their first size while early series keep being written."""
+    recorder = PrometheusExporter(registry=CollectorRegistry(), store=LocalStore(None), max_flags=20_000)
+    sizes = []
+    for _ in range(3):
+        for i in range(8_000):
+            recorder.record_sync(Evaluation(f"grown_flag_{i}", "STATIC", "on", None, 0.5))
+        sizes.append(os.path.getsize(os.path.join(DIRECTORY, f"counter_{os.getpid()}.db")))
+    values.close_all_multiprocess_files()  # prometheus_client can still close its files
+    counts = [v for k, v in samples().items() if k.startswith("feature_flag_evaluations_total")]
+    return {"sizes": sizes, "series": len(counts), "all_three": sum(v == 3.0 for v in counts)}
+
+
 def main(argv: list[str]) -> None:
     if argv[0] == "events":
         result = events(argv[1])
+    elif argv[0] == "grow":
+        result = grow()
     elif argv[0] == "threads":
         result = threads(int(argv[1]), int(argv[2]))
     else:
