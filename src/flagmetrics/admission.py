@@ -31,6 +31,7 @@ class Series:
         "_errors",
         "_evaluations",
         "_overflow",
+        "_single",
         "count",
         "duration",
         "exposure",
@@ -56,6 +57,7 @@ class Series:
         self._error_codes: dict[str | None, Any] = {}
         self._error_cells: dict[str | None, Cell] = {}
         self._cells: SeriesCells | None = None
+        self._single = False
 
     def error(self, code: str | None) -> Any:
         """The error counter child of this flag and `code`, resolved once per code."""
@@ -113,10 +115,13 @@ class Series:
         if self.is_error:
             child = self.error(code)
             child.inc()
+        if self._single:
+            return
         cells = self._cells
         if cells is None or cells.generation != fork_generation[0]:
             self._error_cells = {}
             self._cells = series_cells(self._evaluations, self._overflow, self.duration)
+            self._single = self._cells is None  # one process: prometheus_client's own values, no files
         if self.is_error and self._cells is not None and code not in self._error_cells:
             found = cell_of(metric_child_values(self.error(code))[0])
             if found is not None:
