@@ -80,6 +80,14 @@ def test_a_large_batch_adds_every_member_to_the_hyperloglog(redis_server: RedisS
     assert client.pfcount(LAYOUT.users("a")) == client.pfcount("scratch")
 
 
+def test_members_of_another_size_than_a_digest_are_refused(redis_server: RedisServer) -> None:
+    """The script splits the members it gets end to end every 8 bytes: anything else is refused, not miscounted."""
+    odd = frozenset({b"1234567", b"123456789"})  # 16 bytes in all, as two digests would be
+    with pytest.raises(StoreError, match="must be 8 bytes each") as refused:
+        run_with(store_of(redis_server), lambda store: store.push(batch(1, {"a": FlagDelta(2, 0, odd)})))
+    assert not refused.value.transient
+
+
 def test_a_batch_whose_reply_was_lost_counts_once(redis_server: RedisServer) -> None:
     client = redis_server.client()
     lost = batch(2, {"a": FlagDelta(10, 2, users(0, 10))})

@@ -9,6 +9,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterable
+from typing import Any
 
 from flagmetrics.stores.base import Batch, FlagDelta, Pin
 
@@ -24,19 +25,28 @@ def digest_users(keys: Iterable[str], hash_key: bytes) -> frozenset[bytes]:
 
 
 def _digests(keys: Iterable[str], hash_key: bytes) -> dict[str, bytes]:
-    blake = hashlib.blake2b
-    return {
-        key: blake(key.encode("utf-8", "surrogatepass"), digest_size=DIGEST_SIZE, key=hash_key).digest() for key in keys
-    }
+    # Copying a keyed hasher is about 30% cheaper per user than building one (no arguments to parse).
+    base = _hashers.get(hash_key)
+    if base is None:
+        base = _hashers[hash_key] = hashlib.blake2b(digest_size=DIGEST_SIZE, key=hash_key)
+    digests = {}
+    for key in keys:
+        hasher = base.copy()
+        hasher.update(key.encode("utf-8", "surrogatepass"))
+        digests[key] = hasher.digest()
+    return digests
+
+
+_hashers: dict[bytes, Any] = {}
+"""An empty keyed BLAKE2b hasher per hash key, copied for each user id."""
 
 
 def _delta(
-    total: int, errors: int, users: set[str], variants: dict[str, set[str]], hash_key: bytes, now: float
+    total: int, errors: int, users: set[str], variants: dict[str, set[str]], digests: dict[str, bytes], now: float
 ) -> FlagDelta:
-    """A flag's share of a batch: its users hashed once, each variant's users taken from the same digests."""
-    digests = _digests(users, hash_key)
-    exposed = {variant: frozenset(digests[user] for user in served) for variant, served in variants.items()}
-    return FlagDelta(total, errors, frozenset(digests.values()), now if total else 0.0, exposed)
+    """A flag's share of a batch, its users' and each variant's digests taken from `digests`."""
+    exposed = {variant: frozenset([digests[user] for user in served]) for variant, served in variants.items()}
+    return FlagDelta(total, errors, frozenset([digests[user] for user in users]), now if total else 0.0, exposed)
 
 
 class FlagBuffer:
@@ -167,9 +177,11 @@ class Buffer:
                 return None
             self._seq += 1
             seq = self._seq
-        # Hash outside the lock: the sets taken are no longer reachable from record().
+        # Hash outside the lock: the sets taken are no longer reachable from record(). Each user once,
+        # however many flags they evaluated (a request often evaluates several for the same user).
         now = time.time()
-        deltas = {key: _delta(t, e, users, variants, hash_key, now) for key, t, e, users, variants in taken}
+        digests = _digests(set().union(*(users for _, _, _, users, _ in taken)), hash_key)
+        deltas = {key: _delta(t, e, users, variants, digests, now) for key, t, e, users, variants in taken}
         batch = Batch(writer=self.writer, seq=seq, flags=deltas, pins=pins, splits=splits)
         with self._lock:
             self._in_flight = (batch, sum(len(users) for _, _, _, users, _ in taken))

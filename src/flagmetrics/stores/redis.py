@@ -30,7 +30,7 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any, Final
 from urllib.parse import urlsplit
 
@@ -51,6 +51,7 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from flagmetrics.buffer import DIGEST_SIZE
 from flagmetrics.config import redact_url
 from flagmetrics.exceptions import ConfigurationError, StoreError
 from flagmetrics.stores.base import Batch, FlagDelta, FlagStats, Pin, Snapshot, WindowStats
@@ -90,8 +91,9 @@ end
 # ARGV: seq, seq ttl (s), retention (s, 0: keep), now (Unix s), group tag, the windows (see
 #       `_READ_WINDOWS_LUA`), then number of flags, then per flag: flag key, total, errors,
 #       seen (Unix s, 0: none), pin (JSON or ''), expected split (JSON or ''), the flag's phase in each
-#       window (',' between), member count, members..., variant count, then per variant: variant,
-#       member count, members...
+#       window (',' between), its members (the 8-byte digests end to end, in one argument: packing
+#       thousands of arguments cost the worker more than the rest of the flush), variant count, then
+#       per variant: variant, its members (one argument as well).
 _APPLY_LUA = (
     _READ_WINDOWS_LUA
     + """
@@ -103,13 +105,21 @@ local kind = redis.call('TYPE', KEYS[3]).ok
 if kind ~= 'none' and kind ~= 'hash' then
   return redis.error_reply('WRONGTYPE ' .. KEYS[3] .. ' holds a ' .. kind .. ', not a hash')
 end
-local function pfadd(key, from, n)
-  local done = 0
-  while done < n do
-    local step = math.min(n - done, 512)
-    redis.call('PFADD', key, unpack(ARGV, from + done, from + done + step - 1))
-    done = done + step
+-- The 8-byte digests of one argument, in chunks of at most 512 (unpack's stack).
+local function digests(blob)
+  local chunks, chunk = {}, {}
+  for at = 1, #blob, 8 do
+    chunk[#chunk + 1] = string.sub(blob, at, at + 7)
+    if #chunk == 512 then
+      chunks[#chunks + 1] = chunk
+      chunk = {}
+    end
   end
+  if #chunk > 0 then chunks[#chunks + 1] = chunk end
+  return chunks
+end
+local function pfadd(key, chunks)
+  for _, chunk in ipairs(chunks) do redis.call('PFADD', key, unpack(chunk)) end
 end
 local windows, i = read_windows(6)
 local longest = 0
@@ -118,39 +128,38 @@ local nflags = tonumber(ARGV[i])
 i = i + 1
 local flags = {}
 for f = 1, nflags do
-  local flag, seen, n = ARGV[i], tonumber(ARGV[i + 3]), tonumber(ARGV[i + 7])
+  local flag, seen, members = ARGV[i], tonumber(ARGV[i + 3]), digests(ARGV[i + 7])
   local phases = {}
   for phase in string.gmatch(ARGV[i + 6], '%d+') do phases[#phases + 1] = tonumber(phase) end
   flags[f] = i
-  pfadd(KEYS[4 + f], i + 8, n)
-  local at = i + 8 + n
-  local nvariants = tonumber(ARGV[at])
-  at = at + 1
+  pfadd(KEYS[4 + f], members)
+  local nvariants = tonumber(ARGV[i + 8])
+  local at = i + 9
   -- The bucket of each window the batch's time falls in, and when no figure needs it any more.
   local buckets, expires = {}, {}
   for x, w in ipairs(windows) do
     buckets[x] = math.floor((seen + phases[x]) / w[3])
     expires[x] = (buckets[x] + 1) * w[3] - phases[x] + w[2] + w[3]
   end
-  local function add(kind, suffix, from, count)
+  local function add(kind, suffix, chunks)
     for x, w in ipairs(windows) do
-      if count > 0 and seen > 0 and expires[x] > now then
+      if #chunks > 0 and seen > 0 and expires[x] > now then
         local key = tag .. kind .. w[1] .. ':' .. buckets[x] .. ':' .. suffix
-        pfadd(key, from, count)
+        pfadd(key, chunks)
         redis.call('EXPIREAT', key, expires[x])
       end
     end
   end
-  add(':wb:', flag, i + 8, n)
+  add(':wb:', flag, members)
   for v = 1, nvariants do
-    local variant, m = ARGV[at], tonumber(ARGV[at + 1])
-    add(':wv:', #variant .. ':' .. variant .. ':' .. flag, at + 2, m)
-    if m > 0 and seen > 0 and longest > 0 then
+    local variant, served = ARGV[at], digests(ARGV[at + 1])
+    add(':wv:', #variant .. ':' .. variant .. ':' .. flag, served)
+    if #served > 0 and seen > 0 and longest > 0 then
       local index = tag .. ':wvar:' .. flag
       redis.call('ZADD', index, 'GT', seen, variant)
       redis.call('EXPIREAT', index, math.floor(seen) + longest + 1)
     end
-    at = at + 2 + m
+    at = at + 2
   end
   i = at
 end
@@ -390,6 +399,18 @@ def _spread_tag(prefix: str, group: int) -> str:
     return f"{{{prefix}:{n}}}"
 
 
+def _joined(members: Collection[bytes], flag_key: str) -> bytes:
+    """User digests end to end, for the flush script to split; refused unless each is `DIGEST_SIZE` bytes."""
+    joined = b"".join(members)
+    # The total length and the shortest one together say every digest has the size (in C loops).
+    if len(joined) != DIGEST_SIZE * len(members) or (members and min(map(len, members)) != DIGEST_SIZE):
+        raise StoreError(
+            f"user digests of {flag_key!r} must be {DIGEST_SIZE} bytes each (flagmetrics.buffer.digest_users)",
+            transient=False,
+        )
+    return joined
+
+
 class RedisStore:
     """Fleet state in Redis or Redis Cluster: every key under `key_prefix`, user ids only as digests."""
 
@@ -565,14 +586,12 @@ class RedisStore:
                     json.dumps([pin.unique_users, pin.error_rate]) if pin is not None else "",
                     json.dumps(split) if (split := batch.splits.get(flag_key)) is not None else "",
                     self._phases(flag_key)[0],
-                    len(members),
+                    _joined(members, flag_key),
                 )
-                args.extend(members)
                 variants = delta.variants if delta is not None else {}
                 args.append(len(variants))
                 for variant, served in variants.items():
-                    args += (variant, len(served))
-                    args.extend(served)
+                    args += (variant, _joined(served, flag_key))
             calls.append((self._apply, keys, args))
             events.append(sum(delta.total for _, delta, _ in flags if delta is not None))
         results = await self._run(calls, "write the batch", refusals=True)
