@@ -51,6 +51,11 @@ from benchmarks.targets import (
 )
 
 CANDIDATES = ("flagmetrics-redis", "flagmetrics-local", "reference", "floor", "harness")
+ERROR_STREAM = 0.25
+"""The share of ERROR evaluations of the second stream (the first has 2%): a failing provider."""
+ERROR_CANDIDATES = ("flagmetrics-redis", "flagmetrics-local", "reference", "floor")
+RUNS = (*CANDIDATES, *(f"{c}@errors" for c in ERROR_CANDIDATES))
+"""Every worker of the run: each candidate on the 2% stream, and `<candidate>@errors` on the 25% one."""
 YIELD_EVERY = 100
 DISTINCT_USERS = 12_000
 
@@ -99,14 +104,14 @@ async def _build(candidate: str, redis_url: str | None) -> tuple[Callable[[Any],
     raise SystemExit(f"unknown candidate {candidate!r}")
 
 
-async def _serve(candidate: str, events_per_round: int, redis_url: str | None) -> dict[str, Any]:
+async def _serve(candidate: str, events_per_round: int, redis_url: str | None, error_share: float) -> dict[str, Any]:
     """Set up, then run one timed round per `round` line on stdin until `quit`; return the checks."""
     import prometheus_client.values
 
     if not getattr(prometheus_client.values.ValueClass, "_multiprocess", False):
         raise SystemExit("prometheus_client is not in multiprocess mode")
     pool = max(3 * events_per_round, DISTINCT_USERS)
-    events = to_litestar_events(event_specs(pool, users=DISTINCT_USERS))
+    events = to_litestar_events(event_specs(pool, users=DISTINCT_USERS, error_share=error_share))
     slices = []
     for start in range(0, pool, events_per_round):
         chunk = events[start : start + events_per_round]
@@ -167,25 +172,28 @@ def run(*, quick: bool) -> dict[str, Any]:
     """Start every candidate in its own subprocess, then run their rounds in turn (lockstep)."""
     rounds, per_round = (3, 2_000) if quick else (25, 20_000)
     samples: dict[str, dict[str, list[float]]] = {
-        c: {"record_us": [], "flush_us": [], "flush_cpu_us": []} for c in CANDIDATES
+        c: {"record_us": [], "flush_us": [], "flush_cpu_us": []} for c in RUNS
     }
     checks: dict[str, dict[str, Any]] = {}
     round_timeout_s = 120.0
     with redis_server() as redis, contextlib.ExitStack() as stack:
         workers: dict[str, LineWorker] = {}
-        for candidate in CANDIDATES:
+        for candidate in RUNS:
             directory = stack.enter_context(temp_dir("hot"))
+            base, _, stream = candidate.partition("@")
             worker = LineWorker(
                 [
                     PYTHON,
                     "-m",
                     "benchmarks.hotpath",
                     "--worker",
-                    candidate,
+                    base,
                     "--events",
                     str(per_round),
                     "--redis-url",
                     redis.url,
+                    "--error-share",
+                    str(ERROR_STREAM if stream else 0.02),
                 ],
                 clean_env(PROMETHEUS_MULTIPROC_DIR=str(directory)),
                 name=f"hot path worker {candidate}",
@@ -196,8 +204,8 @@ def run(*, quick: bool) -> dict[str, Any]:
             worker.request(None, timeout_s=60)  # "ready" after imports and set-up
         log(f"hot path: {len(workers)} candidates ready; {rounds} rounds x {per_round} events, in turn")
         for r in range(rounds + 1):  # round 0 warms up every candidate and is not reported
-            shift = r % len(CANDIDATES)
-            for candidate in CANDIDATES[shift:] + CANDIDATES[:shift]:
+            shift = r % len(RUNS)
+            for candidate in RUNS[shift:] + RUNS[:shift]:
                 out = workers[candidate].request("round", timeout_s=round_timeout_s)
                 if r:
                     samples[candidate]["record_us"].append(out["record_us"])
@@ -239,9 +247,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--worker", choices=CANDIDATES, required=True)
     parser.add_argument("--events", type=int, default=20_000)
     parser.add_argument("--redis-url")
+    parser.add_argument("--error-share", type=float, default=0.02)
     args = parser.parse_args(argv)
     require_multiprocess_env()
-    emit(asyncio.run(_serve(args.worker, args.events, args.redis_url)))
+    emit(asyncio.run(_serve(args.worker, args.events, args.redis_url, args.error_share)))
 
 
 # -- the page ------------------------------------------------------------------------------------------
@@ -351,6 +360,7 @@ def render(data: dict[str, Any], charts: Charts, verdicts: list[list[str]]) -> L
                 met(ok_speed),
             ]
         )
+    out += _error_stream(data, verdicts)
     out += [
         f"This machine vs the baseline machine (where the targets were set): the floor is {factor_floor:.2f}× slower "
         f"({floor:.2f} vs {ANCHOR_FLOOR_US} µs), the reference {factor_ref:.2f}× slower "
@@ -413,6 +423,58 @@ def render(data: dict[str, Any], charts: Charts, verdicts: list[list[str]]) -> L
     out.append(charts.save(fig, "hotpath.png", "µs per event by candidate"))
     out.append("")
     return out
+
+
+def _error_stream(data: dict[str, Any], verdicts: list[list[str]]) -> Lines:
+    """The table and target rows of the 25% ERROR stream, when the run had it."""
+    s = data["summary"]
+    if "floor@errors" not in s:
+        return []
+    rec = {c: v["record_us"] for c, v in data["samples"].items()}
+    floor = s["floor@errors"]["record_median_us"]
+    ref = s["reference@errors"]["record_median_us"]
+    rows = []
+    for c in ERROR_CANDIDATES:
+        r = s[f"{c}@errors"]
+        usual = s[c]["record_median_us"]
+        rows.append(
+            [
+                NAMES[c],
+                fmt(r["record_median_us"]),
+                fmt(r["record_median_us"] / usual),
+                fmt(r.get("flush_cpu_median_us")),
+                fmt(paired(rec[f"{c}@errors"], rec["floor@errors"])),
+                fmt(paired(rec["reference@errors"], rec[f"{c}@errors"])),
+            ]
+        )
+    for c in ("flagmetrics-redis", "flagmetrics-local"):
+        ratio = paired(rec[f"{c}@errors"], rec["floor@errors"])
+        verdicts.append(
+            [
+                f"hot path, {NAMES[c]}, {ERROR_STREAM:.0%} ERROR stream: record() ≤ {TARGET_FLOOR_RATIO}× the floor",
+                f"{ratio:.2f}× paired; {ref / s[f'{c}@errors']['record_median_us']:.2f}× faster than the reference "
+                f"({floor:.2f} µs floor, {ref:.2f} µs reference on this stream)",
+                met(ratio <= TARGET_FLOOR_RATIO),
+            ]
+        )
+    return [
+        f"The same run on a stream with {ERROR_STREAM:.0%} ERROR evaluations (a failing provider), "
+        "the same candidates in their own workers, in turn with the others. *vs 2% stream* is the "
+        "candidate's median here over its median on the 2% stream: what an ERROR costs more.",
+        "",
+        *table(
+            [
+                "candidate",
+                "record µs/event median",
+                "vs 2% stream",
+                "flush CPU µs/event",
+                "× floor (paired)",
+                "reference ÷ candidate (paired)",
+            ],
+            rows,
+        ),
+        "",
+    ]
 
 
 if __name__ == "__main__":

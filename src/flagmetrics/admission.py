@@ -101,10 +101,13 @@ class Series:
                 total = value._value + 1.0
                 value._value = total
                 cell.view[cell.index] = total
+            if error is not None:
+                value = error.value
+                total = value._value + 1.0
+                value._value = total
+                error.view[error.index] = total
             if cells.overflow is not None:
                 cells.overflow.add(1.0)
-            if error is not None:
-                error.add(1.0)
 
     def _record_slowly(self, duration_s: float | None, code: str | None) -> None:
         """Count through prometheus_client (which also moves the values to a forked child's files), then
