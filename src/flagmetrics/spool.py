@@ -282,8 +282,9 @@ class Spool:
         return writers
 
     @contextlib.contextmanager
-    def adopt(self, writer: str) -> Iterator[list[tuple[str, Batch | None]] | None]:
-        """Hold `writer`'s lock and give its batches in order, as (path, batch or None if damaged).
+    def adopt(self, writer: str) -> Iterator[Iterator[tuple[str, Batch | None]] | None]:
+        """Hold `writer`'s lock and give its batches in order, as (path, batch or None if damaged),
+        each read when it is reached (an hour's spool need not fit in memory at once).
 
         Gives None when the writer is alive or another process delivers its batches. The lock file
         goes when no batch of any target is left.
@@ -293,8 +294,8 @@ class Spool:
             yield None
             return
         try:
-            files = [f for f in _scan(self.directory, self.target) if f.writer == writer]
-            yield [(f.path, self._read(f.path)) for f in sorted(files, key=lambda f: f.seq)]
+            files = sorted((f for f in _scan(self.directory, self.target) if f.writer == writer), key=lambda f: f.seq)
+            yield ((f.path, self._read(f.path)) for f in files)
             if not any(f.writer == writer for f in _scan(self.directory)):
                 with contextlib.suppress(FileNotFoundError):
                     os.remove(self._lock_path(writer))
