@@ -54,7 +54,10 @@ CANDIDATES = ("flagmetrics-redis", "flagmetrics-local", "reference", "floor", "h
 ERROR_STREAM = 0.25
 """The share of ERROR evaluations of the second stream (the first has 2%): a failing provider."""
 ERROR_CANDIDATES = ("flagmetrics-redis", "flagmetrics-local", "reference", "floor")
-RUNS = (*CANDIDATES, *(f"{c}@errors" for c in ERROR_CANDIDATES))
+PEERS = ("pytheus-redis",)
+"""Libraries that keep every increment in Redis: measured on fewer events per round (each costs round trips)."""
+PEER_EVENTS_DIVISOR = 100
+RUNS = (*CANDIDATES, *(f"{c}@errors" for c in ERROR_CANDIDATES), *PEERS)
 """Every worker of the run: each candidate on the 2% stream, and `<candidate>@errors` on the 25% one."""
 YIELD_EVERY = 100
 DISTINCT_USERS = 12_000
@@ -95,6 +98,8 @@ async def _build(candidate: str, redis_url: str | None) -> tuple[Callable[[Any],
             children[1].observe(event.evaluation_duration_ms / 1000.0)
 
         return floor, counter
+    if candidate == "pytheus-redis":
+        return _pytheus(redis_url)
     if candidate == "harness":
 
         async def nothing(event: Any) -> None:
@@ -102,6 +107,39 @@ async def _build(candidate: str, redis_url: str | None) -> tuple[Callable[[Any],
 
         return nothing, None
     raise SystemExit(f"unknown candidate {candidate!r}")
+
+
+def _pytheus(redis_url: str | None) -> tuple[Callable[[Any], Awaitable[None]], Any]:
+    """pytheus with its Redis backend: every increment is a Redis command (synchronous redis-py)."""
+    from urllib.parse import urlsplit
+
+    from pytheus.backends.base import load_backend
+    from pytheus.backends.redis import MultiProcessRedisBackend
+    from pytheus.metrics import Counter, Histogram
+
+    from flagmetrics.metrics import DEFAULT_DURATION_BUCKETS
+
+    parts = urlsplit(redis_url or "")
+    load_backend(
+        backend_class=MultiProcessRedisBackend,
+        backend_config={"host": parts.hostname, "port": parts.port, "key_prefix": f"pytheus{os.getpid()}"},
+    )
+    counter = Counter("peer_evaluations_total", "peer", required_labels=["flag_key", "reason", "variant"])
+    histogram = Histogram(
+        "peer_duration_seconds", "peer", required_labels=["flag_key"], buckets=list(DEFAULT_DURATION_BUCKETS)
+    )
+    cache: dict[tuple[str, Any, Any], tuple[Any, Any]] = {}
+
+    async def peer(event: Any) -> None:
+        key = (event.flag_key, event.reason, event.variant)
+        children = cache.get(key)
+        if children is None:
+            labels = {"flag_key": event.flag_key, "reason": event.reason.value, "variant": event.variant or ""}
+            children = cache[key] = (counter.labels(labels), histogram.labels({"flag_key": event.flag_key}))
+        children[0].inc()
+        children[1].observe(event.evaluation_duration_ms / 1000.0)
+
+    return peer, None
 
 
 async def _serve(candidate: str, events_per_round: int, redis_url: str | None, error_share: float) -> dict[str, Any]:
@@ -181,6 +219,7 @@ def run(*, quick: bool) -> dict[str, Any]:
         for candidate in RUNS:
             directory = stack.enter_context(temp_dir("hot"))
             base, _, stream = candidate.partition("@")
+            events = per_round // PEER_EVENTS_DIVISOR if candidate in PEERS else per_round
             worker = LineWorker(
                 [
                     PYTHON,
@@ -189,7 +228,7 @@ def run(*, quick: bool) -> dict[str, Any]:
                     "--worker",
                     base,
                     "--events",
-                    str(per_round),
+                    str(events),
                     "--redis-url",
                     redis.url,
                     "--error-share",
@@ -244,7 +283,7 @@ def run(*, quick: bool) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--worker", choices=CANDIDATES, required=True)
+    parser.add_argument("--worker", choices=(*CANDIDATES, *PEERS), required=True)
     parser.add_argument("--events", type=int, default=20_000)
     parser.add_argument("--redis-url")
     parser.add_argument("--error-share", type=float, default=0.02)
@@ -265,7 +304,7 @@ def render(data: dict[str, Any], charts: Charts, verdicts: list[list[str]]) -> L
     factor_ref = ref / ANCHOR_REFERENCE_US
     rec = {c: v["record_us"] for c, v in data["samples"].items()}
     rows = []
-    for c in ("flagmetrics-redis", "flagmetrics-local", "reference", "floor", "harness"):
+    for c in ("flagmetrics-redis", "flagmetrics-local", "reference", "floor", "harness", *(p for p in PEERS if p in s)):
         r = s[c]
         rows.append(
             [
@@ -295,7 +334,9 @@ def render(data: dict[str, Any], charts: Charts, verdicts: list[list[str]]) -> L
         "the worker's CPU time over all its threads during it: what a flush takes from requests; per "
         "event of the round: about "
         f"{data['events_per_round']:,} events with mostly distinct users per flush — the worst case; "
-        "at lower rates or with repeat users it is proportionally less). *Paired* ratios are the median "
+        "at lower rates or with repeat users it is proportionally less). Peers that keep every increment in "
+        f"Redis run 1/{PEER_EVENTS_DIVISOR} of the events per round, in turn with the others. "
+        "*Paired* ratios are the median "
         "of the per-round ratios, each round of every candidate having run within about a second of the "
         "others.",
         "",

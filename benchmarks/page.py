@@ -19,6 +19,7 @@ NAMES = {
     "reference": "litestar-flags 0.2.2 PrometheusExporter (reference)",
     "floor": "bare prometheus_client Counter.inc + Histogram.observe (floor)",
     "harness": "empty `async def record` (loop and await overhead)",
+    "pytheus-redis": "pytheus 0.6, Redis backend (an increment per Redis command)",
 }
 """How the page names each candidate of the hot-path and memory sections."""
 
