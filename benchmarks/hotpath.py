@@ -142,6 +142,25 @@ def _pytheus(redis_url: str | None) -> tuple[Callable[[Any], Awaitable[None]], A
     return peer, None
 
 
+PROBE_S = 0.0005
+"""How often the loop-stall probe asks to run during a flush."""
+
+
+async def _probe(done: asyncio.Event) -> float:
+    """The longest the event loop ran late for this task while a flush ran (a request's worst wait), ms.
+
+    It sleeps `PROBE_S` at a time (not a busy loop, so the flush's CPU figure stays the flush's): its
+    lateness includes the timer's own resolution, about a millisecond.
+    """
+    worst = 0.0
+    clock = time.perf_counter
+    while not done.is_set():
+        asked = clock()
+        await asyncio.sleep(PROBE_S)
+        worst = max(worst, clock() - asked - PROBE_S)
+    return worst * 1000.0
+
+
 async def _serve(candidate: str, events_per_round: int, redis_url: str | None, error_share: float) -> dict[str, Any]:
     """Set up, then run one timed round per `round` line on stdin until `quit`; return the checks."""
     import prometheus_client.values
@@ -179,12 +198,25 @@ async def _serve(candidate: str, events_per_round: int, redis_url: str | None, e
         t1 = perf()
         c1 = cpu()
         recorded += events_per_round
+        stall_ms = 0.0
         if flagmetrics:
+            done = asyncio.Event()
+            prober = asyncio.ensure_future(_probe(done))
+            await sleep(0)  # the probe is waiting before the flush starts, so it sees the flush's first stretch
             await handle.flush()
+            done.set()
+            stall_ms = await prober
         t2 = perf()
         c2 = cpu()
         n = events_per_round
-        emit({"record_us": (t1 - t0) / 1e3 / n, "flush_us": (t2 - t1) / 1e3 / n, "flush_cpu_us": (c2 - c1) / 1e3 / n})
+        emit(
+            {
+                "record_us": (t1 - t0) / 1e3 / n,
+                "flush_us": (t2 - t1) / 1e3 / n,
+                "flush_cpu_us": (c2 - c1) / 1e3 / n,
+                "stall_ms": stall_ms,
+            }
+        )
     result: dict[str, Any] = {"candidate": candidate, "pid": os.getpid(), "recorded": recorded}
     if flagmetrics:
         result["counted"] = counter_total(handle.evaluations_counter)
@@ -210,7 +242,7 @@ def run(*, quick: bool) -> dict[str, Any]:
     """Start every candidate in its own subprocess, then run their rounds in turn (lockstep)."""
     rounds, per_round = (3, 2_000) if quick else (25, 20_000)
     samples: dict[str, dict[str, list[float]]] = {
-        c: {"record_us": [], "flush_us": [], "flush_cpu_us": []} for c in RUNS
+        c: {"record_us": [], "flush_us": [], "flush_cpu_us": [], "stall_ms": []} for c in RUNS
     }
     checks: dict[str, dict[str, Any]] = {}
     round_timeout_s = 120.0
@@ -250,6 +282,7 @@ def run(*, quick: bool) -> dict[str, Any]:
                     samples[candidate]["record_us"].append(out["record_us"])
                     samples[candidate]["flush_us"].append(out["flush_us"])
                     samples[candidate]["flush_cpu_us"].append(out["flush_cpu_us"])
+                    samples[candidate]["stall_ms"].append(out["stall_ms"])
         for candidate, worker in workers.items():
             checks[candidate] = worker.request("quit", timeout_s=60)
         redis_version = redis.version()
@@ -263,6 +296,8 @@ def run(*, quick: bool) -> dict[str, Any]:
             "record_p90_us": p90(rec),
             "flush_median_us": median(fl) if fl else None,
             "flush_cpu_median_us": median(s["flush_cpu_us"]) if fl else None,
+            "stall_median_ms": median(s["stall_ms"]) if fl else None,
+            "stall_max_ms": max(s["stall_ms"]) if fl else None,
             "total_median_us": median(totals),
             "total_p90_us": p90(totals),
         }
@@ -401,6 +436,19 @@ def render(data: dict[str, Any], charts: Charts, verdicts: list[list[str]]) -> L
                 met(ok_speed),
             ]
         )
+    if s["flagmetrics-redis"].get("stall_median_ms") is not None:
+        out += [
+            "Loop stall during the flush after each round (how late the event loop ran a task sleeping "
+            "0.5 ms at a time while the flush ran: what a request arriving then would wait, timer "
+            "resolution of about a millisecond included): "
+            + ", ".join(
+                f"{NAMES[c].split(', ')[1]} median {s[c]['stall_median_ms']:.1f} ms, "
+                f"worst {s[c]['stall_max_ms']:.1f} ms"
+                for c in ("flagmetrics-redis", "flagmetrics-local")
+            )
+            + f" per flush of {data['events_per_round']:,} events.",
+            "",
+        ]
     out += _error_stream(data, verdicts)
     out += [
         f"This machine vs the baseline machine (where the targets were set): the floor is {factor_floor:.2f}× slower "
