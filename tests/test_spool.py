@@ -239,7 +239,12 @@ def test_spool_size_per_10000_events(tmp_path: Path) -> None:
 class StubbornStore(SpooledDownStore):
     """A store whose client holds on to cancellations for 3 s before it gives up, as a client may."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = asyncio.Event()
+
     async def push(self, batch: Batch) -> None:
+        self.entered.set()
         deadline = asyncio.get_running_loop().time() + 3.0
         while asyncio.get_running_loop().time() < deadline:
             with contextlib.suppress(asyncio.CancelledError):
@@ -251,12 +256,14 @@ def test_close_is_bounded_even_when_the_store_holds_a_cancellation(
     server: fakeredis.FakeServer, private_spool: Path
 ) -> None:
     """A stopping worker spools and returns within its bounds, whatever the store client does."""
-    exporter, registry = make_exporter(server, store=StubbornStore(), flush_interval_s=0.05)
+    store = StubbornStore()
+    exporter, registry = make_exporter(server, store=store, flush_interval_s=0.05)
 
     async def scenario() -> float:
         await exporter.start()
         await exporter.record(ev(user="u1"))
-        await asyncio.sleep(0.2)  # the periodic flush is now stuck in push
+        async with asyncio.timeout(10):
+            await store.entered.wait()  # the periodic flush is now stuck in push
         await exporter.record(ev(user="u2"))
         started = asyncio.get_running_loop().time()
         await exporter.close(timeout_s=5.0)

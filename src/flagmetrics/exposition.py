@@ -74,7 +74,7 @@ def encode(
             body = encoder(scrape)
     elif spool_path is not None:
         if registry is not None:
-            scrape.register(_Collected(registry))
+            scrape.register(registry)  # a registry is a collector of its own metrics
         body = encoder(scrape)
     else:
         body = encoder(registry if registry is not None else scrape)
@@ -104,16 +104,6 @@ class SpoolCollector:
         yield GaugeMetricFamily(
             f"{self._prefix}flagmetrics_spool_bytes", "Bytes of the batches waiting in this host's spool", value=size
         )
-
-
-class _Collected:
-    """Another registry's metrics, as one collector of a scrape's registry."""
-
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self._registry = registry
-
-    def collect(self) -> Iterator[Metric]:
-        yield from self._registry.collect()
 
 
 class ScrapeSource:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import mmap
 import os
-from bisect import bisect_left
 from typing import Any
 
 from flagmetrics.compat import metric_child_values, multiprocess_value_cell
@@ -58,8 +57,8 @@ def _view(file: Any, end: int) -> Any:
     size = len(file._m)
     mapped = mmap.mmap(file._f.fileno(), size)
     view = memoryview(mapped).cast("d")
-    if known is not None and known[0] is file:
-        _old.append(known)  # cells made before still write through it: same file, same bytes
+    if known is not None:
+        _old.append(known)  # cells made before may still write through it (released in a forked child)
     _maps[id(file)] = (file, mapped, view)
     return view
 
@@ -98,7 +97,8 @@ def cell_of(value: Any) -> tuple[Any, Cell] | None:
 
 class SeriesCells:
     """The cells one evaluation of a series writes: its evaluations counter (and overflow counter),
-    its histogram's sum and buckets. Valid in the fork generation it was built in."""
+    its histogram's sum and buckets (the one prometheus_client counts a duration in is the first whose
+    bound is not below it: `bisect_left(bounds, duration)`). Valid in the fork generation it was built in."""
 
     __slots__ = ("bounds", "buckets", "count", "generation", "lock", "overflow", "sum")
 
@@ -112,10 +112,6 @@ class SeriesCells:
         self.buckets = buckets
         self.bounds = bounds
         self.generation = fork_generation[0]
-
-    def bucket(self, duration_s: float) -> Cell:
-        """The bucket prometheus_client would count `duration_s` in: the first whose bound is not below it."""
-        return self.buckets[bisect_left(self.bounds, duration_s)]
 
 
 def series_cells(count: Any, overflow: Any | None, histogram: Any) -> SeriesCells | None:
