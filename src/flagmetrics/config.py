@@ -12,7 +12,10 @@ from urllib.parse import urlsplit
 from flagmetrics.exceptions import ConfigurationError
 from flagmetrics.windows import DEFAULT_WINDOWS, parse_windows
 
-__all__ = ["Settings", "metric_prefix", "redact_url"]
+__all__ = ["DEFAULT_SPOOL_MAX_BYTES", "Settings", "metric_prefix", "redact_url"]
+
+DEFAULT_SPOOL_MAX_BYTES = 256 * 1024 * 1024
+"""Default bound of a spool directory: 256 MiB."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +73,7 @@ class Settings:
     unset: `spool` in the multiprocess directory when you set one, else `/var/tmp/flagmetrics-<uid>/spool`
     (a restart during an outage delivers them); `off` to count them as dropped instead."""
 
-    spool_max_bytes: int = 256 * 1024 * 1024
+    spool_max_bytes: int = DEFAULT_SPOOL_MAX_BYTES
     """Most bytes in the spool directory; past it the oldest batches lose their user ids (counted in
     `flagmetrics_dropped_events_total`), never their evaluation and error counts."""
 

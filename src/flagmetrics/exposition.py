@@ -72,12 +72,10 @@ def encode(
         scrape.register(FilesCollector(multiprocess_path))
         with metrics_lock(multiprocess_path):
             body = encoder(scrape)
-    elif spool_path is not None:
+    else:
         if registry is not None:
             scrape.register(registry)  # a registry is a collector of its own metrics
         body = encoder(scrape)
-    else:
-        body = encoder(registry if registry is not None else scrape)
     if not fleet_gauges:
         return body, content_type
     fleet = fleet_text(snapshot, prefix, openmetrics=openmetrics).encode()

@@ -41,13 +41,12 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from flagmetrics.buffer import DIGEST_SIZE
+from flagmetrics.config import DEFAULT_SPOOL_MAX_BYTES
 from flagmetrics.environment import lasting_spool_dir
 from flagmetrics.stores.base import Batch, FlagDelta, Pin
 
-__all__ = ["DEFAULT_MAX_BYTES", "Spool", "SpoolCorrupt", "decode", "encode", "spool_directory", "spool_usage"]
+__all__ = ["Spool", "SpoolCorrupt", "decode", "encode", "spool_directory", "spool_usage"]
 
-DEFAULT_MAX_BYTES: Final = 256 * 1024 * 1024
-"""Default bound of a spool directory: 256 MiB."""
 
 MAGIC: Final = b"FMSPOOL1"
 _HEAD = struct.Struct(">II")  # body length, CRC-32 of the body
@@ -211,7 +210,7 @@ class Spool:
         target: str,
         writer: str,
         *,
-        max_bytes: int = DEFAULT_MAX_BYTES,
+        max_bytes: int = DEFAULT_SPOOL_MAX_BYTES,
         on_corrupt: Callable[[str, str], None] = lambda path, why: None,
         on_dropped: Callable[[int], None] = lambda digests: None,
     ) -> None:
