@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import partial
 
 import pytest
@@ -38,8 +38,22 @@ def within(value: float | None, expected: int, share: float) -> bool:
     return value is not None and abs(value - expected) <= share * expected
 
 
-def caught_up(app: Gunicorn, flag: str) -> bool:
-    return within(recent(app, flag), SECOND_USERS, 0.03)
+def caught_up(app: Gunicorn, exposures: Mapping[tuple[str, str], set[str]]) -> bool:
+    """Every experiment's window figure, in all and per variant, within 3% of users B (one scrape)."""
+    text = app.scrape().text
+    for flag in ("checkout_copy", "pricing_test"):
+        if not within(
+            gauge(text, "feature_flag_window_unique_users", flag_key=flag, window=WINDOW), SECOND_USERS, 0.03
+        ):
+            return False
+    return all(
+        within(
+            gauge(text, "feature_flag_window_variant_unique_users", flag_key=flag, variant=variant, window=WINDOW),
+            len(served),
+            0.03,
+        )
+        for (flag, variant), served in exposures.items()
+    )
 
 
 @pytest.mark.parametrize("store", ["redis", "local"])
@@ -68,9 +82,8 @@ def test_recent_users_exposure_last_evaluation_and_split_checks(
     tally.update(second)
     wait_for(lambda: landed(tally, app), 15, "the workers' flushes to land")
     # A window's figure is computed once per bucket (a few seconds here), so it may lag the last
-    # flushes by up to a bucket: wait until both flags' figures have caught up.
-    for flag in ("pricing_test", "checkout_copy"):
-        wait_for(partial(caught_up, app, flag), 5, f"users B in {flag}'s window")
+    # flushes by up to a bucket: wait until every figure checked below has caught up.
+    wait_for(partial(caught_up, app, second.exposures), 10, "the window figures to take in users B")
 
     answered_by: set[str] = set()
     p_values: dict[str, list[float]] = {"checkout_copy": [], "pricing_test": []}
