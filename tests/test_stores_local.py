@@ -292,3 +292,115 @@ def test_a_flag_file_left_zero_filled_by_a_crash_is_initialised_on_next_use(tmp_
 
     stats = run_with(LocalStore(str(tmp_path)), scenario).flags["a"]
     assert (stats.total, stats.errors, stats.unique_users) == (3, 1, 3)
+
+
+# -- users seen again within a bucket --------------------------------------------------------------
+
+T0 = 1_800_000_000.0  # a boundary of every bucket used below
+
+
+def window_figures(snapshot: Snapshot, flag_key: str) -> dict[str, int]:
+    return {label: stats.users for label, stats in snapshot.flags[flag_key].windows.items()}
+
+
+def test_a_user_seen_again_in_a_bucket_costs_no_row_and_changes_no_figure(tmp_path: Path) -> None:
+    store = LocalStore(str(tmp_path), clock=lambda: T0)
+
+    async def scenario(store: LocalStore) -> tuple[list[int], Snapshot]:
+        statements: list[str] = []
+        upserts: list[int] = []
+        for seq, members in enumerate((users(0, 1_000), users(0, 1_000), users(500, 1_100)), start=1):
+            statements.clear()
+            await store.push(batch(seq, {"a": FlagDelta(len(members), 0, members, T0, {"on": members})}))
+            upserts.append(sum(1 for statement in statements if statement.startswith("INSERT INTO seen")))
+            database = store._database(create=False)
+            assert database is not None
+            database.set_trace_callback(statements.append)  # traced from the second push on
+        return upserts[1:], await store.snapshot()
+
+    upserts, snapshot = run_with(store, scenario)
+    # Pushed again: nothing written. 100 new users: 3 windows x (the flag and the variant) rows each.
+    assert upserts == [0, 600]
+    assert window_figures(snapshot, "a") == {"1h": 1_100, "24h": 1_100, "7d": 1_100}
+    assert snapshot.flags["a"].windows["7d"].variants == {"on": 1_100}
+    assert snapshot.flags["a"].total == 2_600
+    assert abs(snapshot.flags["a"].unique_users - 1_100) <= 0.03 * 1_100
+
+
+def test_a_reset_by_another_process_is_not_hidden_by_what_a_store_remembers(tmp_path: Path) -> None:
+    async def scenario(writer: LocalStore) -> Snapshot:
+        await writer.push(batch(1, {"a": FlagDelta(500, 0, users(0, 500), T0)}))
+        other = LocalStore(str(tmp_path), clock=lambda: T0)
+        try:
+            await other.reset("a")
+        finally:
+            await other.close()
+        await writer.push(batch(2, {"a": FlagDelta(500, 0, users(0, 500), T0)}))
+        return await writer.snapshot()
+
+    snapshot = run_with(LocalStore(str(tmp_path), clock=lambda: T0), scenario)
+    assert snapshot.flags["a"].total == 500
+    assert window_figures(snapshot, "a") == {"1h": 500, "24h": 500, "7d": 500}
+    assert abs(snapshot.flags["a"].unique_users - 500) <= 0.03 * 500
+
+
+def test_users_seen_in_a_later_bucket_are_written_again() -> None:
+    now = [T0]
+    store = LocalStore(None, windows="1m,2m", clock=lambda: now[0])
+
+    async def scenario(store: LocalStore) -> dict[str, int]:
+        await store.push(batch(1, {"a": FlagDelta(100, 0, users(0, 100), now[0])}))
+        now[0] += 30  # a later bucket of the minute's window
+        await store.push(batch(2, {"a": FlagDelta(100, 0, users(0, 100), now[0])}))
+        now[0] += 50  # the first push has left the minute, the second has not
+        return window_figures(await store.snapshot(), "a")
+
+    assert run_with(store, scenario) == {"1m": 100, "2m": 100}
+
+
+def test_a_batch_of_an_earlier_bucket_is_written_whole_and_not_remembered() -> None:
+    now = [T0 + 30]
+    store = LocalStore(None, windows="1m,2m", clock=lambda: now[0])
+
+    async def scenario(store: LocalStore) -> dict[str, int]:
+        await store.push(batch(1, {"a": FlagDelta(100, 0, users(0, 100), T0 + 30)}))
+        # Delivered late: cut 30 s earlier, with users of both kinds.
+        await store.push(batch(2, {"a": FlagDelta(200, 0, users(0, 200), T0)}))
+        await store.push(batch(3, {"a": FlagDelta(100, 0, users(100, 200), T0 + 30)}))
+        now[0] = T0 + 80  # the late batch has left the minute
+        return window_figures(await store.snapshot(), "a")
+
+    assert run_with(store, scenario) == {"1m": 200, "2m": 200}
+
+
+def test_windows_whose_buckets_do_not_nest_skip_nothing() -> None:
+    # Steps of 5 s (1m) and 6 s (90s): 5 s and 9 s after T0 share a bucket of the minute, not of 90 s.
+    now = [T0 + 5]
+    store = LocalStore(None, windows="1m,90s", clock=lambda: now[0])
+
+    async def scenario(store: LocalStore) -> dict[str, int]:
+        await store.push(batch(1, {"a": FlagDelta(10, 0, users(0, 10), T0 + 5)}))
+        await store.push(batch(2, {"a": FlagDelta(10, 0, users(0, 10), T0 + 9)}))
+        now[0] = T0 + 97  # the 90 s window holds the second push's bucket, no longer the first's
+        return window_figures(await store.snapshot(), "a")
+
+    assert run_with(store, scenario) == {"1m": 0, "90s": 10}
+
+
+def test_past_its_capacity_a_store_remembers_no_more_and_its_figures_stay_exact(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("flagmetrics.stores.local.WRITTEN_CAPACITY", 50)
+    store = LocalStore(str(tmp_path), clock=lambda: T0)
+
+    async def scenario(store: LocalStore) -> Snapshot:
+        for seq, (first, stop) in enumerate(((0, 200), (0, 200), (150, 300)), start=1):
+            members = users(first, stop)
+            await store.push(batch(seq, {"a": FlagDelta(len(members), 0, members, T0, {"on": members})}))
+        assert store._written_size == 50
+        return await store.snapshot()
+
+    snapshot = run_with(store, scenario)
+    assert window_figures(snapshot, "a") == {"1h": 300, "24h": 300, "7d": 300}
+    assert snapshot.flags["a"].windows["1h"].variants == {"on": 300}
+    assert abs(snapshot.flags["a"].unique_users - 300) <= 0.03 * 300

@@ -15,6 +15,7 @@ __all__ = [
     "REGISTERS",
     "Q",
     "add",
+    "add_hashes",
     "estimate",
     "histogram_of",
 ]
@@ -33,8 +34,12 @@ _ALPHA_INF = 1.0 / (2.0 * math.log(2.0))
 
 def add(registers: bytearray | memoryview, histogram: memoryview | list[int], digests: Iterable[bytes]) -> None:
     """Add 8-byte digests to the registers, keeping `histogram` (counts per register value) current."""
-    for digest in digests:
-        x = int.from_bytes(digest[:8], "little")
+    add_hashes(registers, histogram, [int.from_bytes(digest[:8], "little") for digest in digests])
+
+
+def add_hashes(registers: bytearray | memoryview, histogram: memoryview | list[int], hashes: Iterable[int]) -> None:
+    """Add 64-bit hashes (digests read as unsigned little-endian integers) to the registers, as `add`."""
+    for x in hashes:
         index = x & _INDEX_MASK
         rest = (x >> P) | _SENTINEL
         rank = (rest & -rest).bit_length()  # trailing zeros + 1, as Redis counts them

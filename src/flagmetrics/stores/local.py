@@ -15,6 +15,16 @@ buckets (as on Redis: the window and at most one bucket more) up to 16,384 of th
 window (see `flagmetrics.windows`) by the first scrape that needs it and kept for the others. Rows
 older than their window are deleted as flushes go by: at most about 16,384 rows of some 70 bytes
 per window, flag and variant.
+
+Writing a user's rows costs a few microseconds each (three windows, the flag and the variant served:
+six rows), against under one for the rest of a flush. So each process remembers which users of each
+flag and variant it has written in the current bucket of the shortest window (up to
+`WRITTEN_CAPACITY` of them), and a user seen again in that bucket costs neither a
+row nor a sketch update: their rows already carry that bucket, or a later one, in every window, as
+the other windows' buckets are whole multiples of the shortest one's (otherwise nothing is skipped).
+What it remembers is forgotten when the bucket ends and whenever any process resets a flag or
+computes the figures (both count in the database), and is never trusted for a batch of an earlier
+bucket.
 """
 
 from __future__ import annotations
@@ -24,6 +34,7 @@ import contextlib
 import functools
 import glob
 import hashlib
+import itertools
 import json
 import mmap
 import os
@@ -31,7 +42,7 @@ import sqlite3
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from typing import Final
 
 from flagmetrics import locks, sketch
@@ -89,6 +100,10 @@ _COUNT_SAMPLE = "SELECT count(*) FROM seen WHERE seconds = ? AND flag = ? AND va
 _THIN_SAMPLE = "DELETE FROM seen WHERE seconds = ? AND flag = ? AND variant = ? AND (user & ?) != 0"
 WINDOW_SAMPLE_SIZE: Final = 16_384
 """Most users kept per window, flag and variant; past it, an adaptive sample (see `LocalStore`)."""
+WRITTEN_CAPACITY: Final = 100_000
+"""Most (flag, variant, user) a process remembers having written in the current bucket (see `LocalStore`):
+as many as a worker buffers by default, some 8 MB at most."""
+_U64: Final = (1 << 64) - 1
 
 
 class _FlagFile:
@@ -205,6 +220,14 @@ class LocalStore:
         self._db_pid = 0
         self._next_prune = 0.0
         self._parsed_figures: tuple[dict[int, int], dict[str, dict[str, WindowStats]]] | None = None
+        # The users this process wrote rows for, by (flag, variant), in bucket `_written_at[1]` of the
+        # shortest window, while the database's generation was `_written_at[0]`.
+        shortest = min(self._windows, key=lambda window: window.step, default=None)
+        nested = shortest is not None and all(window.step % shortest.step == 0 for window in self._windows)
+        self._shortest = shortest if nested else None
+        self._written: dict[tuple[str, str], set[bytes]] = {}
+        self._written_size = 0
+        self._written_at = (-1, -1)
 
     @property
     def windows(self) -> tuple[Window, ...]:
@@ -349,21 +372,26 @@ class LocalStore:
             # Open every file and write the windows first: only this can fail, and it changes no
             # count, so a batch is either applied whole or not at all and a retry never counts twice.
             regions = {key: self._region(key) for key in (*batch.flags, *batch.pins)}
-            if self._windows or batch.splits:
-                self._remember(batch)
+            fresh = self._remember(batch) if self._windows or batch.splits else {}
             for key, delta in batch.flags.items():
                 region = regions[key]
                 region.counts[0] += delta.total
                 region.counts[1] += delta.errors
-                sketch.add(region.registers, region.histogram, delta.members)
+                hashes = fresh.get(key)
+                if hashes is None:
+                    sketch.add(region.registers, region.histogram, delta.members)
+                else:
+                    sketch.add_hashes(region.registers, region.histogram, hashes)
                 if delta.total and delta.seen > _SEEN_FMT.unpack_from(region.buffer, _SEEN)[0]:
                     _SEEN_FMT.pack_into(region.buffer, _SEEN, delta.seen)
             for key, pin in batch.pins.items():
                 _PIN_FMT.pack_into(regions[key].buffer, _PIN, 1, pin.unique_users, pin.error_rate)
             self._applied[batch.writer] = batch.seq
 
-    def _remember(self, batch: Batch) -> None:
+    def _remember(self, batch: Batch) -> dict[str, list[int]]:
         """Record when each user of the batch was seen, per window, flag and variant served.
+
+        Returns, per flag with users, the hashes (unsigned) of those its sketch may not hold yet.
 
         A window, flag and variant keeps every user until it holds `window_sample_size` of them;
         past that it keeps only the users whose digest ends in `level` zero bits (each level halves
@@ -374,10 +402,12 @@ class LocalStore:
         assert db is not None
         now = self._clock()
         prune = bool(self._windows) and now >= self._next_prune
+        fresh: dict[str, list[int]] = {}
+        written: list[tuple[str, str, Collection[bytes]]] = []
         try:
             with db:
                 if self._windows:
-                    self._sample(db, batch)
+                    fresh, written = self._sample(db, batch)
                 db.executemany(
                     "INSERT OR REPLACE INTO splits (flag, weights) VALUES (?, ?)",
                     [(key, json.dumps(weights)) for key, weights in batch.splits.items()],
@@ -396,18 +426,37 @@ class LocalStore:
             raise StoreError(
                 f"could not write the windows in {self._database_name()!r}: {exc}", transient=False
             ) from exc
+        if prune:
             self._next_prune = now + _PRUNE_INTERVAL_S
+        for key, variant, users in written:  # committed: remember them
+            room = WRITTEN_CAPACITY - self._written_size
+            if room <= 0:
+                break
+            remembered = self._written.setdefault((key, variant), set())
+            before = len(remembered)
+            remembered.update(users if len(users) <= room else itertools.islice(users, room))
+            self._written_size += len(remembered) - before
+        return fresh
 
-    def _sample(self, db: sqlite3.Connection, batch: Batch) -> None:
-        """Add the batch's users to each window's sample, raising a sample's level past its size."""
-        keys = [
-            (key, variant, [_user(digest) for digest in served], delta.seen)
+    def _sample(
+        self, db: sqlite3.Connection, batch: Batch
+    ) -> tuple[dict[str, list[int]], list[tuple[str, str, Collection[bytes]]]]:
+        """Add the batch's users to each window's sample, raising a sample's level past its size.
+
+        Returns the hashes (unsigned) of each flag's users not written in the current bucket yet, and
+        the users to remember as written, by flag and variant, once the transaction is committed.
+        """
+        digests: list[tuple[str, str, Collection[bytes], float]] = [
+            (key, variant, served, delta.seen)
             for key, delta in batch.flags.items()
             if delta.seen
             for variant, served in (("", delta.members), *delta.variants.items())
         ]
-        if not keys:
-            return
+        if not digests:
+            return {}, []
+        written = self._unwritten(db, digests)
+        keys = [(key, variant, _users(served), seen) for key, variant, served, seen in digests]
+        fresh = {key: [user & _U64 for user in served] for key, variant, served, _ in keys if not variant}
         levels = {
             (seconds, flag, variant): (level, bound)
             for seconds, flag, variant, level, bound in db.execute("SELECT * FROM levels").fetchall()
@@ -435,6 +484,36 @@ class LocalStore:
                     bound = db.execute(_COUNT_SAMPLE, (seconds, key, variant)).fetchone()[0]
             settled.append((seconds, key, variant, level, bound))
         db.executemany("INSERT OR REPLACE INTO levels VALUES (?, ?, ?, ?, ?)", settled)
+        return fresh, written
+
+    def _unwritten(
+        self, db: sqlite3.Connection, keys: list[tuple[str, str, Collection[bytes], float]]
+    ) -> list[tuple[str, str, Collection[bytes]]]:
+        """Remove from `keys` (in place) the users written in the current bucket of the shortest window.
+
+        Returns the users to remember once the batch is committed: none for a batch of an earlier bucket.
+        """
+        shortest = self._shortest
+        if shortest is None:
+            return []
+        row = db.execute("SELECT bucket FROM computed WHERE seconds = 0").fetchone()
+        generation = row[0] if row else 0
+        bucket = max(shortest.bucket(seen) for _, _, _, seen in keys)
+        if generation != self._written_at[0] or bucket > self._written_at[1]:
+            self._written.clear()
+            self._written_size = 0
+            self._written_at = (generation, bucket)
+        written = []
+        for n, (key, variant, served, seen) in enumerate(keys):
+            if shortest.bucket(seen) != self._written_at[1]:
+                continue  # an earlier bucket: its rows may be older than what is remembered
+            remembered = self._written.get((key, variant))
+            if remembered:
+                served = served - remembered if isinstance(served, frozenset | set) else set(served) - remembered
+                keys[n] = (key, variant, served, seen)
+            if served:
+                written.append((key, variant, served))
+        return written
 
     def _reset(self, flag_key: str | None) -> None:
         with self._locked(exclusive=True, timeout_s=self._write_timeout_s):
@@ -512,6 +591,14 @@ class LocalStore:
 def _user(digest: bytes) -> int:
     """A user digest as SQLite's 64-bit integer."""
     return int.from_bytes(digest[:8], "little", signed=True)
+
+
+def _users(digests: Collection[bytes]) -> list[int]:
+    """User digests as SQLite's 64-bit integers (`_user` of each), in one C call for the buffer's 8-byte digests."""
+    joined = b"".join(digests)
+    if len(joined) == 8 * len(digests) and (not digests or min(map(len, digests)) == 8):
+        return list(struct.unpack(f"<{len(digests)}q", joined))
+    return [_user(digest) for digest in digests]
 
 
 @functools.lru_cache(maxsize=100_000)
