@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from flagmetrics.buffer import DIGEST_SIZE, Buffer, digest_users
-from flagmetrics.stores.base import Pin
+from flagmetrics.stores.base import Batch, Pin
 
 
 def record(buffer: Buffer, flag_key: str, user: str | None = None, *, error: bool = False) -> None:
@@ -338,3 +340,116 @@ def test_batch_members_never_hold_raw_ids() -> None:
     batch = buffer.cut()
     assert batch is not None
     assert b"abcdefgh" not in batch.flags["a"].members
+
+
+# -- cut_in_steps ----------------------------------------------------------------------------------
+
+
+def filled(users: int = 2_500) -> Buffer:
+    """A buffer with two flags: `a` evaluated by `users` users, `b` by the first 10."""
+    buffer = Buffer(100_000)
+    for n in range(users):
+        record(buffer, "a", f"u{n}")
+    for n in range(10):
+        record(buffer, "b", f"u{n}")
+    return buffer
+
+
+def started_cut(buffer: Buffer, loop: asyncio.AbstractEventLoop, step: int = 1_000) -> asyncio.Task[Batch | None]:
+    """A `cut_in_steps` that has hashed its first step and let the loop run."""
+    task = loop.create_task(buffer.cut_in_steps(step=step))
+    loop.run_until_complete(asyncio.sleep(0))  # the task runs its first step and yields
+    assert not task.done()
+    return task
+
+
+def test_cut_in_steps_gives_the_batch_cut_gives_and_lets_the_loop_run_between_steps() -> None:
+    async def scenario() -> tuple[Batch | None, Batch | None, int]:
+        ticks = 0
+
+        async def other_task() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0)
+
+        ticker = asyncio.get_running_loop().create_task(other_task())
+        await asyncio.sleep(0)
+        stepped = filled()
+        batch = await stepped.cut_in_steps(step=500)
+        seen = ticks
+        ticker.cancel()
+        return batch, filled().cut(), seen
+
+    stepped, whole, ticks = asyncio.run(scenario())
+    assert stepped is not None
+    assert whole is not None
+    assert {key: (d.total, d.members) for key, d in stepped.flags.items()} == {
+        key: (d.total, d.members) for key, d in whole.flags.items()
+    }
+    assert ticks >= 5  # 2,500 users in steps of 500: the other task ran after each
+
+
+def test_a_cancelled_cut_in_steps_leaves_every_evaluation_it_took_in_flight() -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        buffer = filled()
+        task = started_cut(buffer, loop)
+        record(buffer, "a", "late")  # after the cut began: for the next batch
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            loop.run_until_complete(task)
+    finally:
+        loop.close()
+    batch = buffer.in_flight
+    assert batch is not None
+    assert (batch.events, batch.members) == (2_510, 2_510)
+    assert buffer.flags["a"].users == {"late"}
+
+
+def test_cut_completes_a_cut_in_steps_under_way_which_then_returns_none() -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        buffer = filled()
+        task = started_cut(buffer, loop)
+        record(buffer, "b", "late")
+        batch = buffer.cut()  # as spooling at shutdown does
+        assert batch is not None
+        assert (batch.events, batch.members) == (2_510, 2_510)
+        assert loop.run_until_complete(task) is None  # the batch is the spooler's to deliver
+    finally:
+        loop.close()
+    assert buffer.in_flight is batch
+    buffer.delivered()
+    following = buffer.cut()
+    assert following is not None
+    assert following.seq == batch.seq + 1
+    assert following.events == 1
+
+
+def test_a_flag_discarded_during_a_cut_in_steps_leaves_its_batch_and_returns_its_room() -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        buffer = filled()
+        task = started_cut(buffer, loop)
+        buffer.discard("a")
+        batch = loop.run_until_complete(task)
+    finally:
+        loop.close()
+    assert batch is not None
+    assert set(batch.flags) == {"b"}
+    assert batch.events == 10
+    assert buffer.room == 100_000 - 10
+
+
+def test_abandon_during_a_cut_in_steps_counts_what_it_took_and_leaves_nothing_in_flight() -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        buffer = filled()
+        task = started_cut(buffer, loop)
+        assert buffer.abandon() == (2_510, 2_510)
+        assert loop.run_until_complete(task) is None
+    finally:
+        loop.close()
+    assert buffer.in_flight is None
+    assert buffer.room == 100_000

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import itertools
 import os
 import secrets
 import socket
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from flagmetrics.stores.base import Batch, FlagDelta, Pin
@@ -17,6 +19,8 @@ __all__ = ["DIGEST_SIZE", "Buffer", "FlagBuffer", "digest_users"]
 
 DIGEST_SIZE = 8
 """Bytes of a user-id digest: 64 bits, the same width Redis's HyperLogLog hashes to."""
+CUT_STEP = 1_000
+"""User ids `Buffer.cut_in_steps` hashes before letting the event loop run (well under a millisecond)."""
 
 
 def digest_users(keys: Iterable[str], hash_key: bytes) -> frozenset[bytes]:
@@ -45,8 +49,34 @@ def _delta(
     total: int, errors: int, users: set[str], variants: dict[str, set[str]], digests: dict[str, bytes], now: float
 ) -> FlagDelta:
     """A flag's share of a batch, its users' and each variant's digests taken from `digests`."""
-    exposed = {variant: frozenset([digests[user] for user in served]) for variant, served in variants.items()}
-    return FlagDelta(total, errors, frozenset([digests[user] for user in users]), now if total else 0.0, exposed)
+    for delta in _delta_steps(total, errors, users, variants, digests, now, step=0):
+        if delta is not None:
+            return delta
+    raise AssertionError("unreachable")
+
+
+def _delta_steps(
+    total: int,
+    errors: int,
+    users: set[str],
+    variants: dict[str, set[str]],
+    digests: dict[str, bytes],
+    now: float,
+    step: int,
+) -> Iterator[FlagDelta | None]:
+    """`_delta`, yielding None after every `step` user ids looked up (never with 0), then the delta."""
+    looked_up: list[frozenset[bytes]] = []
+    for served in (users, *variants.values()):
+        if not step or len(served) <= step:
+            looked_up.append(frozenset([digests[user] for user in served]))
+            continue
+        found: list[bytes] = []
+        it = iter(served)
+        while chunk := [digests[user] for user in itertools.islice(it, step)]:
+            found += chunk
+            yield None
+        looked_up.append(frozenset(found))
+    yield FlagDelta(total, errors, looked_up[0], now if total else 0.0, dict(zip(variants, looked_up[1:], strict=True)))
 
 
 class FlagBuffer:
@@ -62,6 +92,23 @@ class FlagBuffer:
         """The users served each variant (a subset of `users`; no ERROR or variant-less evaluation)."""
 
 
+class _Cut:
+    """Evaluations taken from the flag buffers and being hashed into the next batch in flight."""
+
+    __slots__ = ("batch", "deltas", "digests", "dropped", "now", "seq", "taken", "users")
+
+    def __init__(self, seq: int, taken: list[tuple[str, int, int, set[str], dict[str, set[str]]]]) -> None:
+        self.seq = seq
+        self.taken = taken
+        # Each user once, however many flags they evaluated (a request often evaluates several for the same user).
+        self.users = list(set().union(*(users for _, _, _, users, _ in taken)))
+        self.digests: dict[str, bytes] = {}
+        self.deltas: dict[str, FlagDelta] = {}
+        self.now = 0.0
+        self.batch: Batch | None = None
+        self.dropped = False
+
+
 class Buffer:
     """Everything a worker has recorded but not yet delivered to the store.
 
@@ -71,7 +118,7 @@ class Buffer:
     `record()` may be called from threads (sync OpenFeature evaluations) while the flusher cuts.
     """
 
-    __slots__ = ("_in_flight", "_lock", "_pins", "_seq", "_splits", "capacity", "flags", "room", "writer")
+    __slots__ = ("_cutting", "_in_flight", "_lock", "_pins", "_seq", "_splits", "capacity", "flags", "room", "writer")
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
@@ -81,6 +128,7 @@ class Buffer:
         self._splits: dict[str, dict[str, float]] = {}
         self._seq = 0
         self._in_flight: tuple[Batch, int] | None = None
+        self._cutting: _Cut | None = None
         self._lock = threading.Lock()
         # Identifies this process's batches in the store: host, pid and a random token, so neither
         # another host with the same pid nor a later process reusing the pid is mistaken for it.
@@ -133,6 +181,11 @@ class Buffer:
             self._discard(flag_key)
 
     def _discard(self, flag_key: str | None) -> None:
+        cutting = self._cutting
+        if cutting is not None:
+            kept_taken = [entry for entry in cutting.taken if flag_key is not None and entry[0] != flag_key]
+            self.room += sum(len(entry[3]) for entry in cutting.taken) - sum(len(entry[3]) for entry in kept_taken)
+            cutting.taken = kept_taken
         if self._in_flight is not None:
             # Strip the flag from the undelivered batch too (same seq: if the store applied the
             # original already, the reset that follows removes it there).
@@ -160,7 +213,44 @@ class Buffer:
         return in_flight[0] if in_flight else None
 
     def cut(self, hash_key: bytes = b"") -> Batch | None:
-        """Move the buffered evaluations into a new in-flight batch, user ids hashed; None if empty."""
+        """Move the buffered evaluations into a new in-flight batch, user ids hashed; None if empty.
+
+        Completes a `cut_in_steps` under way instead, if there is one.
+        """
+        cut = self._cutting or self._take()
+        return self._complete(cut, hash_key) if cut is not None else None
+
+    async def cut_in_steps(self, hash_key: bytes = b"", step: int = CUT_STEP) -> Batch | None:
+        """`cut`, letting the event loop run after every `step` user ids hashed.
+
+        Cancelled, it still leaves every evaluation it took in the batch in flight: none is lost.
+        Returns None when `cut` (spooling at shutdown, say) completed the batch meanwhile: it is that
+        caller's to deliver.
+        """
+        cut = self._cutting or self._take()
+        if cut is None:
+            return None
+        try:
+            while cut.batch is None and len(cut.digests) < len(cut.users):
+                done = len(cut.digests)
+                cut.digests.update(_digests(cut.users[done : done + step], hash_key))
+                await asyncio.sleep(0)
+            cut.now = time.time()
+            for key, total, errors, users, variants in cut.taken:
+                if cut.batch is not None:
+                    break
+                for delta in _delta_steps(total, errors, users, variants, cut.digests, cut.now, step):
+                    if delta is None:
+                        await asyncio.sleep(0)
+                    else:
+                        cut.deltas[key] = delta
+        finally:
+            ours = cut.batch is None
+            batch = self._complete(cut, hash_key)
+        return batch if ours else None
+
+    def _take(self) -> _Cut | None:
+        """Empty the flag buffers, pins and splits into a new cut (None when there is nothing)."""
         taken: list[tuple[str, int, int, set[str], dict[str, set[str]]]] = []
         with self._lock:
             if self._in_flight is not None:
@@ -171,21 +261,36 @@ class Buffer:
                     buf.total = buf.errors = 0
                     buf.users = set()
                     buf.variants = {}
-            pins, self._pins = self._pins, {}
-            splits, self._splits = self._splits, {}
-            if not taken and not pins and not splits:
+            if not taken and not self._pins and not self._splits:
                 return None
             self._seq += 1
-            seq = self._seq
-        # Hash outside the lock: the sets taken are no longer reachable from record(). Each user once,
-        # however many flags they evaluated (a request often evaluates several for the same user).
-        now = time.time()
-        digests = _digests(set().union(*(users for _, _, _, users, _ in taken)), hash_key)
-        deltas = {key: _delta(t, e, users, variants, digests, now) for key, t, e, users, variants in taken}
-        batch = Batch(writer=self.writer, seq=seq, flags=deltas, pins=pins, splits=splits)
+            cut = self._cutting = _Cut(self._seq, taken)
+            return cut
+
+    def _complete(self, cut: _Cut, hash_key: bytes) -> Batch | None:
+        """Hash what `cut` has not hashed yet and make it the batch in flight (once; None if abandoned)."""
+        if cut.batch is not None or cut.dropped:
+            return cut.batch
+        # Outside the lock: the sets taken are no longer reachable from record().
+        done = len(cut.digests)
+        if done < len(cut.users):
+            cut.digests.update(_digests(cut.users[done:], hash_key))
+        now = cut.now or time.time()
+        taken = cut.taken
+        deltas = {
+            key: cut.deltas.get(key) or _delta(t, e, users, variants, cut.digests, now)
+            for key, t, e, users, variants in taken
+        }
         with self._lock:
-            self._in_flight = (batch, sum(len(users) for _, _, _, users, _ in taken))
-        return batch
+            if cut.taken is not taken:  # a thread discarded flags meanwhile
+                taken = cut.taken
+                deltas = {key: deltas[key] for key, _, _, _, _ in taken}
+            pins, self._pins = self._pins, {}
+            splits, self._splits = self._splits, {}
+            cut.batch = Batch(writer=self.writer, seq=cut.seq, flags=deltas, pins=pins, splits=splits)
+            self._in_flight = (cut.batch, sum(len(users) for _, _, _, users, _ in taken))
+            self._cutting = None
+        return cut.batch
 
     def delivered(self) -> None:
         """Mark the in-flight batch applied by the store, freeing its room."""
@@ -205,6 +310,12 @@ class Buffer:
         """
         with self._lock:
             events = users = 0
+            cutting = self._cutting
+            if cutting is not None:
+                cutting.dropped = True
+                self._cutting = None
+                events += sum(entry[1] for entry in cutting.taken)
+                users += sum(len(entry[3]) for entry in cutting.taken)
             if self._in_flight is not None:
                 events += self._in_flight[0].events
                 users += self._in_flight[1]

@@ -89,7 +89,7 @@ class Flusher:
                 await self._deliver_spooled()
                 retrying = self._buffer.in_flight is not None
                 for _ in range(2 if retrying else 1):
-                    batch = self._buffer.in_flight or self._buffer.cut(self._hash_key)
+                    batch = self._buffer.in_flight or await self._buffer.cut_in_steps(self._hash_key)
                     if batch is None:
                         break
                     await self._push(batch, self._buffer.drop_in_flight)
