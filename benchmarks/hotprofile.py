@@ -160,6 +160,18 @@ async def _measure(events_total: int, redis_url: str) -> dict[str, Any]:
         pushes["redis"].append((time.perf_counter_ns() - t0) / 1e3 / ROUND)
     await local.close()
     await redis.close()
+    # The windows: a batch whose users are new to the bucket, then the same users again (another seq).
+    windowed = LocalStore(directory)
+    for seq in range(1, 6):
+        now = time.time()
+        new = {k: digest_users(v, b"round %d" % seq) for k, v in per_flag.items()}
+        first = Batch("bench-windows", 2 * seq - 1, {k: FlagDelta(len(d), 0, d, now) for k, d in new.items()})
+        again = Batch("bench-windows", 2 * seq, {k: FlagDelta(len(d), 0, d, now) for k, d in new.items()})
+        for name, delivered in (("windows-new", first), ("windows-again", again)):
+            t0 = time.perf_counter_ns()
+            await windowed.push(delivered)
+            pushes.setdefault(name, []).append((time.perf_counter_ns() - t0) / 1e3 / ROUND)
+    await windowed.close()
     return {
         "profiled_events": profiled_events,
         "plain_us_median": median(plain),
@@ -167,7 +179,15 @@ async def _measure(events_total: int, redis_url: str) -> dict[str, Any]:
         "flush_breakdown_us_per_user": [
             ["`buffer.digest_users` (BLAKE2b; runs in `Buffer.cut`, on the event loop)", hash_us],
             ["`sketch.add` alone (the LocalStore register update)", sketch_us],
-            ["`LocalStore.push` (thread, directory lock, `sketch.add`)", median(pushes["local"])],
+            ["`LocalStore.push` (thread, directory lock, `sketch.add`; no windows)", median(pushes["local"])],
+            [
+                "`LocalStore.push` with the 3 default windows, users new to the bucket (a row per window)",
+                median(pushes["windows-new"]),
+            ],
+            [
+                "`LocalStore.push` with the 3 default windows, the same users again in the bucket",
+                median(pushes["windows-again"]),
+            ],
             ["`RedisStore.push` (argument list + one EVALSHA round trip)", median(pushes["redis"])],
         ],
     }

@@ -18,26 +18,27 @@ per window, flag and variant.
 
 Writing a user's rows costs a few microseconds each (three windows, the flag and the variant served:
 six rows), against under one for the rest of a flush. So each process remembers which users of each
-flag and variant it has written in the current bucket of the shortest window (up to
-`WRITTEN_CAPACITY` of them), and a user seen again in that bucket costs neither a
-row nor a sketch update: their rows already carry that bucket, or a later one, in every window, as
-the other windows' buckets are whole multiples of the shortest one's (otherwise nothing is skipped).
-What it remembers is forgotten when the bucket ends and whenever any process resets a flag or
-computes the figures (both count in the database), and is never trusted for a batch of an earlier
-bucket.
+flag and variant it has written in the current bucket of the shortest window (`_Remembered`: a
+table of at most `WRITTEN_SLOTS` 8-byte slots, 8 MiB), and a user seen again in that bucket costs
+neither a row nor a sketch update: their rows already carry that bucket, or a later one, in every
+window, as the other windows' buckets are whole multiples of the shortest one's (otherwise nothing
+is skipped). What it remembers is forgotten when the bucket ends and whenever any process resets a
+flag or computes the figures (both count in the database), and is never trusted for a batch of an
+earlier bucket.
 """
 
 from __future__ import annotations
 
+import array
 import asyncio
 import contextlib
 import functools
 import glob
 import hashlib
-import itertools
 import json
 import mmap
 import os
+import secrets
 import sqlite3
 import struct
 import threading
@@ -100,9 +101,9 @@ _COUNT_SAMPLE = "SELECT count(*) FROM seen WHERE seconds = ? AND flag = ? AND va
 _THIN_SAMPLE = "DELETE FROM seen WHERE seconds = ? AND flag = ? AND variant = ? AND (user & ?) != 0"
 WINDOW_SAMPLE_SIZE: Final = 16_384
 """Most users kept per window, flag and variant; past it, an adaptive sample (see `LocalStore`)."""
-WRITTEN_CAPACITY: Final = 100_000
-"""Most (flag, variant, user) a process remembers having written in the current bucket (see `LocalStore`):
-as many as a worker buffers by default, some 8 MB at most."""
+WRITTEN_SLOTS: Final = 1 << 20
+"""Most slots of the table remembering the users written in the current bucket (`_Remembered`): 8 MiB."""
+_FIRST_SLOTS: Final = 1 << 16
 _U64: Final = (1 << 64) - 1
 
 
@@ -172,6 +173,77 @@ def _parse(
     )
 
 
+class _Remembered:
+    """Which users of each flag and variant a process wrote rows for in one bucket: a table of 64-bit keys.
+
+    A key is the user's integer XOR a random salt of the flag and variant; it goes in the first free
+    of two slots named by its low and its high bits (0 is free), or else pushes out the first slot's
+    key, which then costs a row written again, never a figure. A lookup finds only keys it was given
+    (short of a 2^-64 coincidence). The table starts at 512 KiB and quadruples whenever it holds more
+    keys than a quarter of its slots, up to `WRITTEN_SLOTS`; forgetting empties it.
+    """
+
+    __slots__ = ("_mask", "_salts", "_slots", "_stored", "at")
+
+    def __init__(self) -> None:
+        self._slots = array.array("q", bytes(8 * _FIRST_SLOTS))
+        self._mask = _FIRST_SLOTS - 1
+        self._salts: dict[tuple[str, str], int] = {}
+        self._stored = 0
+        self.at = (-1, -1)
+        """(generation of the figures, bucket of the shortest window) of what is remembered."""
+
+    def forget(self, at: tuple[int, int]) -> None:
+        """Forget every user; remember from now on for `at`."""
+        if self._stored:
+            self._slots = array.array("q", bytes(8 * len(self._slots)))
+        self._salts.clear()
+        self._stored = 0
+        self.at = at
+
+    def unseen(self, flag_key: str, variant: str, users: list[int]) -> tuple[int, list[int]]:
+        """The salt of the flag and variant, and those of `users` it does not remember."""
+        salt = self._salts.get((flag_key, variant))
+        if salt is None:
+            salt = self._salts[flag_key, variant] = secrets.randbits(64) - (1 << 63)
+        slots, mask = self._slots, self._mask
+        return salt, [
+            user for user in users if slots[(key := user ^ salt) & mask] != key and slots[(key >> 32) & mask] != key
+        ]
+
+    def note(self, salt: int, users: list[int]) -> None:
+        """Remember `users` of the flag and variant with this salt."""
+        self._stored += len(users)
+        if self._stored > len(self._slots) // 4 and len(self._slots) < WRITTEN_SLOTS:
+            self._grow()
+        slots, mask = self._slots, self._mask
+        for user in users:
+            self._put(slots, mask, user ^ salt)
+
+    @staticmethod
+    def _put(slots: array.array[int], mask: int, key: int) -> None:
+        first = key & mask
+        if slots[first] in (0, key):
+            slots[first] = key
+            return
+        second = (key >> 32) & mask
+        if slots[second] == 0:
+            slots[second] = key
+        elif slots[second] != key:
+            slots[first] = key
+
+    def _grow(self) -> None:
+        size = len(self._slots)
+        while self._stored > size // 4 and size < WRITTEN_SLOTS:
+            size *= 4
+        size = min(size, WRITTEN_SLOTS)
+        slots, mask = array.array("q", bytes(8 * size)), size - 1
+        for key in self._slots:
+            if key:
+                self._put(slots, mask, key)
+        self._slots, self._mask = slots, mask
+
+
 class LocalStore:
     """Fleet state of one host in `path` (the multiprocess directory), or in memory when `path` is None."""
 
@@ -220,14 +292,11 @@ class LocalStore:
         self._db_pid = 0
         self._next_prune = 0.0
         self._parsed_figures: tuple[dict[int, int], dict[str, dict[str, WindowStats]]] | None = None
-        # The users this process wrote rows for, by (flag, variant), in bucket `_written_at[1]` of the
-        # shortest window, while the database's generation was `_written_at[0]`.
+        # The users this process wrote rows for in the current bucket of the shortest window.
         shortest = min(self._windows, key=lambda window: window.step, default=None)
         nested = shortest is not None and all(window.step % shortest.step == 0 for window in self._windows)
         self._shortest = shortest if nested else None
-        self._written: dict[tuple[str, str], set[bytes]] = {}
-        self._written_size = 0
-        self._written_at = (-1, -1)
+        self._written = _Remembered()
 
     @property
     def windows(self) -> tuple[Window, ...]:
@@ -403,7 +472,7 @@ class LocalStore:
         now = self._clock()
         prune = bool(self._windows) and now >= self._next_prune
         fresh: dict[str, list[int]] = {}
-        written: list[tuple[str, str, Collection[bytes]]] = []
+        written: list[tuple[int, list[int]]] = []
         try:
             with db:
                 if self._windows:
@@ -428,34 +497,25 @@ class LocalStore:
             ) from exc
         if prune:
             self._next_prune = now + _PRUNE_INTERVAL_S
-        for key, variant, users in written:  # committed: remember them
-            room = WRITTEN_CAPACITY - self._written_size
-            if room <= 0:
-                break
-            remembered = self._written.setdefault((key, variant), set())
-            before = len(remembered)
-            remembered.update(users if len(users) <= room else itertools.islice(users, room))
-            self._written_size += len(remembered) - before
+        for salt, users in written:  # committed: remember them
+            self._written.note(salt, users)
         return fresh
 
-    def _sample(
-        self, db: sqlite3.Connection, batch: Batch
-    ) -> tuple[dict[str, list[int]], list[tuple[str, str, Collection[bytes]]]]:
+    def _sample(self, db: sqlite3.Connection, batch: Batch) -> tuple[dict[str, list[int]], list[tuple[int, list[int]]]]:
         """Add the batch's users to each window's sample, raising a sample's level past its size.
 
         Returns the hashes (unsigned) of each flag's users not written in the current bucket yet, and
         the users to remember as written, by flag and variant, once the transaction is committed.
         """
-        digests: list[tuple[str, str, Collection[bytes], float]] = [
-            (key, variant, served, delta.seen)
+        keys = [
+            (key, variant, _users(served), delta.seen)
             for key, delta in batch.flags.items()
             if delta.seen
             for variant, served in (("", delta.members), *delta.variants.items())
         ]
-        if not digests:
+        if not keys:
             return {}, []
-        written = self._unwritten(db, digests)
-        keys = [(key, variant, _users(served), seen) for key, variant, served, seen in digests]
+        written = self._unwritten(db, keys)
         fresh = {key: [user & _U64 for user in served] for key, variant, served, _ in keys if not variant}
         levels = {
             (seconds, flag, variant): (level, bound)
@@ -487,11 +547,12 @@ class LocalStore:
         return fresh, written
 
     def _unwritten(
-        self, db: sqlite3.Connection, keys: list[tuple[str, str, Collection[bytes], float]]
-    ) -> list[tuple[str, str, Collection[bytes]]]:
+        self, db: sqlite3.Connection, keys: list[tuple[str, str, list[int], float]]
+    ) -> list[tuple[int, list[int]]]:
         """Remove from `keys` (in place) the users written in the current bucket of the shortest window.
 
-        Returns the users to remember once the batch is committed: none for a batch of an earlier bucket.
+        Returns the users to remember once the batch is committed (by salt): none for a batch of an
+        earlier bucket.
         """
         shortest = self._shortest
         if shortest is None:
@@ -499,20 +560,17 @@ class LocalStore:
         row = db.execute("SELECT bucket FROM computed WHERE seconds = 0").fetchone()
         generation = row[0] if row else 0
         bucket = max(shortest.bucket(seen) for _, _, _, seen in keys)
-        if generation != self._written_at[0] or bucket > self._written_at[1]:
-            self._written.clear()
-            self._written_size = 0
-            self._written_at = (generation, bucket)
+        remembered = self._written
+        if generation != remembered.at[0] or bucket > remembered.at[1]:
+            remembered.forget((generation, bucket))
         written = []
         for n, (key, variant, served, seen) in enumerate(keys):
-            if shortest.bucket(seen) != self._written_at[1]:
+            if shortest.bucket(seen) != remembered.at[1]:
                 continue  # an earlier bucket: its rows may be older than what is remembered
-            remembered = self._written.get((key, variant))
-            if remembered:
-                served = served - remembered if isinstance(served, frozenset | set) else set(served) - remembered
-                keys[n] = (key, variant, served, seen)
-            if served:
-                written.append((key, variant, served))
+            salt, unseen = remembered.unseen(key, variant, served)
+            keys[n] = (key, variant, unseen, seen)
+            if unseen:
+                written.append((salt, unseen))
         return written
 
     def _reset(self, flag_key: str | None) -> None:
