@@ -15,6 +15,12 @@ servers and whatever else runs on the machine share 2 cores, the CPU time the tw
 per request (utime + stime from /proc, redis-server's added for the Redis store) is recorded too:
 it hardly depends on how busy the machine is, so its overhead is the steadier figure.
 
+Sampling profile: with py-spy installed (the bench extra), each flagmetrics server is loaded once more
+while `py-spy record --subprocesses` samples its workers; every sample is charged to the innermost
+frame of flagmetrics, litestar-flags or the rest (the app, Litestar, uvicorn, h11, asyncio), so
+flagmetrics' share is the CPU the same app would not spend without it, measured in the same
+process at the same moment.
+
 In-process breakdown (`--inprocess`, no HTTP, much less noise): the example's page (4 flag
 evaluations for one user) through FeatureFlagClients that differ only in the collector, in turns
 (rotated each round); flagmetrics' time includes an `await flush()` of its round's buffer.
@@ -53,6 +59,9 @@ from benchmarks.targets import TARGET_E2E_PCT
 from tests.processes import LOOPBACK, REPO, free_port, stop_process, wait_for
 
 WRK_SCRIPT = BENCH / "wrk_users.lua"
+SAMPLED = ("on (LocalStore)", "on (RedisStore)")
+"""The servers profiled by sampling."""
+SAMPLE_RATE_HZ = 250
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -206,6 +215,11 @@ def run(*, quick: bool) -> dict[str, Any]:
                 "socket_errors": sum(x["socket_errors"] for x in runs[server.name]),
                 "metrics_status": _get(f"{server.url}/metrics")[0],
             }
+        sampled = {
+            server.name: _sampled(server, workdir, 4.0 if quick else 12.0)
+            for server in servers
+            if server.name in SAMPLED
+        }
     with temp_dir("inproc") as directory:
         log("e2e: in-process breakdown of a page (4 evaluations) by collector")
         inprocess = run_json(
@@ -249,6 +263,72 @@ def run(*, quick: bool) -> dict[str, Any]:
         "summary": summary,
         "checks": checks,
         "inprocess": inprocess,
+        "sampled": {name: profile for name, profile in sampled.items() if profile is not None},
+    }
+
+
+def _py_spy() -> str | None:
+    beside = Path(PYTHON).parent / "py-spy"
+    return str(beside) if beside.exists() else shutil.which("py-spy")
+
+
+def _sampled(server: Server, workdir: Path, seconds: float) -> dict[str, Any] | None:
+    """Sample the server's workers with py-spy under wrk load; samples by owner and flagmetrics function."""
+    spy = _py_spy()
+    if spy is None:
+        log("e2e: py-spy is not installed (pip install -e '.[bench]'): no sampling profile")
+        return None
+    raw = workdir / f"py-spy-{server.port}.txt"
+    load = subprocess.Popen(
+        ["wrk", "-t2", "-c32", f"-d{seconds + 3:g}s", "-s", str(WRK_SCRIPT), f"{server.url}/"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        time.sleep(1.0)
+        command = [spy, "record", "-p", str(server.proc.pid), "--subprocesses", "--nonblocking"]
+        command += ["-r", str(SAMPLE_RATE_HZ), "-d", f"{seconds:g}", "-f", "raw", "-o", str(raw)]
+        done = subprocess.run(command, capture_output=True, timeout=seconds + 60, check=False)
+    finally:
+        load.wait(timeout=seconds + 30)
+    if done.returncode != 0 or not raw.exists():
+        log(f"e2e: py-spy failed on {server.name}: {done.stderr.decode(errors='replace')[-300:]}")
+        return None
+    return _attribute(raw.read_text(encoding="utf-8"), seconds)
+
+
+_OWNERS = (("(flagmetrics/", "flagmetrics"), ("(litestar_flags/", "litestar-flags"))
+
+
+def _attribute(raw: str, seconds: float) -> dict[str, Any]:
+    """Charge each worker sample of a py-spy raw profile to the innermost flagmetrics or litestar-flags frame."""
+    owners: dict[str, int] = {"flagmetrics": 0, "litestar-flags": 0, "the rest": 0}
+    functions: dict[str, int] = {}
+    workers = set()
+    for line in raw.splitlines():
+        stack, _, count = line.rpartition(" ")
+        frames = stack.split(";")
+        if len(frames) < 2 or not frames[1].startswith("process "):
+            continue  # the master's own samples
+        workers.add(frames[1].split(":")[0])
+        owner = "the rest"
+        for frame in reversed(frames):
+            found = next((name for marker, name in _OWNERS if marker in frame), None)
+            if found is not None:
+                owner = found
+                if found == "flagmetrics":
+                    where = frame.split(" (", 1)
+                    module = where[1].split(":")[0] if len(where) > 1 else ""
+                    function = f"{module.removeprefix('flagmetrics/')}: {where[0]}"
+                    functions[function] = functions.get(function, 0) + int(count)
+                break
+        owners[owner] += int(count)
+    return {
+        "seconds": seconds,
+        "rate_hz": SAMPLE_RATE_HZ,
+        "workers": len(workers),
+        "owners": owners,
+        "flagmetrics_functions": sorted(functions.items(), key=lambda item: -item[1])[:10],
     }
 
 
@@ -334,7 +414,7 @@ _WATCHED = (
     ("flagmetrics/litestar_flags.py", "_evaluate", "flagmetrics `instrument` wrapper (whole, includes the evaluation)"),
     ("litestar_flags/client.py", "_evaluate", "litestar-flags `FeatureFlagClient._evaluate` (whole evaluation)"),
     ("flagmetrics/flusher.py", "flush", "flagmetrics `Flusher.flush` (hash + push)"),
-    ("flagmetrics/buffer.py", "cut", "of which `Buffer.cut` (BLAKE2b of the user ids, on the loop)"),
+    ("flagmetrics/buffer.py", "cut_in_steps", "of which `Buffer.cut_in_steps` (BLAKE2b of the user ids, on the loop)"),
 )
 
 
@@ -467,6 +547,68 @@ def render(data: dict[str, Any], charts: Charts, verdicts: list[list[str]]) -> L
                     met(from_cpu <= TARGET_E2E_PCT),
                 ]
             )
+    noop = s.get("no-op collector")
+    sampled = data.get("sampled") or {}
+    for name in ("on (LocalStore)", "on (RedisStore)"):
+        if name in s and noop is not None:
+            vs_noop = (paired(s[name]["cpu_us_per_request_all"], noop["cpu_us_per_request_all"]) - 1) * 100
+            shares = sampled.get(name)
+            measured = f"+{vs_noop:.1f}% CPU per request over the no-op collector (/proc, paired, noisy)"
+            share_pct = None
+            if shares:
+                total = sum(shares["owners"].values())
+                own = shares["owners"]["flagmetrics"]
+                share_pct = own / max(total - own, 1) * 100
+                measured += f"; sampled in the workers: flagmetrics' own code +{share_pct:.1f}% over the rest"
+            verdicts.append(
+                [
+                    f"end to end, exporter {name}: CPU per request ≤ {TARGET_E2E_PCT:g}% above the no-op collector",
+                    measured,
+                    met((share_pct if share_pct is not None else vs_noop) <= TARGET_E2E_PCT),
+                ]
+            )
+    if sampled:
+        srows = []
+        for name, shares in sampled.items():
+            total = sum(shares["owners"].values())
+            own = shares["owners"]["flagmetrics"]
+            srows.append(
+                [
+                    name,
+                    f"{total:,}",
+                    fmt(own / total * 100, 1),
+                    fmt(shares["owners"]["litestar-flags"] / total * 100, 1),
+                    fmt(shares["owners"]["the rest"] / total * 100, 1),
+                    fmt(own / max(total - own, 1) * 100, 1),
+                    ", ".join(f"`{fn}` {n / total * 100:.1f}%" for fn, n in shares["flagmetrics_functions"][:6]),
+                ]
+            )
+        out += [
+            "### Where a worker's CPU goes (sampling profile under load)",
+            "",
+            f"Each flagmetrics server loaded by the same wrk command once more while `py-spy record --subprocesses "
+            f"-r {next(iter(sampled.values()))['rate_hz']}` sampled its workers for "
+            f"{next(iter(sampled.values()))['seconds']:g} s (idle samples left out). A sample is charged to the "
+            "innermost frame of flagmetrics or litestar-flags on its stack, else to *the rest* (the app, "
+            "Litestar, uvicorn, h11, asyncio): flagmetrics' share is what the same worker would not spend "
+            "without it, at the same moment, free of the run-to-run noise of the CPU figures above. "
+            "litestar-flags' share includes building each `FlagEvaluationEvent` for its collector, which "
+            "the no-op collector pays too.",
+            "",
+            *table(
+                [
+                    "server",
+                    "worker samples",
+                    "flagmetrics %",
+                    "litestar-flags %",
+                    "the rest %",
+                    "flagmetrics over the rest %",
+                    "flagmetrics' functions (innermost, % of samples)",
+                ],
+                srows,
+            ),
+            "",
+        ]
     inproc = data.get("inprocess")
     if inproc:
         per = inproc["us_per_page"]
