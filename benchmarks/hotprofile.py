@@ -181,11 +181,11 @@ async def _measure(events_total: int, redis_url: str) -> dict[str, Any]:
             ["`sketch.add` alone (the LocalStore register update)", sketch_us],
             ["`LocalStore.push` (thread, directory lock, `sketch.add`; no windows)", median(pushes["local"])],
             [
-                "`LocalStore.push` with the 3 default windows, users new to the bucket (a row per window)",
+                "`LocalStore.push` with the 3 default windows, users new to the quantum (a row each)",
                 median(pushes["windows-new"]),
             ],
             [
-                "`LocalStore.push` with the 3 default windows, the same users again in the bucket",
+                "`LocalStore.push` with the 3 default windows, the same users again in the quantum",
                 median(pushes["windows-again"]),
             ],
             ["`RedisStore.push` (argument list + one EVALSHA round trip)", median(pushes["redis"])],

@@ -265,7 +265,7 @@ def test_the_local_store_samples_a_window_past_its_size_and_keeps_its_estimate_c
             seen.append((figures.users, figures.variants["on"]))
         database = store._database(create=False)
         assert database is not None
-        kept = database.execute("SELECT count(*) FROM seen WHERE variant = ''").fetchone()[0]
+        kept = database.execute("SELECT count(*) FROM users WHERE variant = ''").fetchone()[0]
         assert kept <= 1000
         return seen
 
@@ -278,3 +278,55 @@ def test_the_local_store_samples_a_window_past_its_size_and_keeps_its_estimate_c
 def test_a_tiny_window_sample_is_refused() -> None:
     with pytest.raises(ConfigurationError, match="window_sample_size"):
         LocalStore(None, window_sample_size=10)
+
+
+def test_the_local_store_samples_only_the_windows_that_outgrow_their_size() -> None:
+    from flagmetrics.stores.base import Batch, FlagDelta
+    from tests.helpers import users
+
+    start = 1_800_000_000.0  # a boundary of every bucket below
+    now = [start]
+    store = LocalStore(None, windows="1m,10m", window_sample_size=1000, clock=lambda: now[0])
+    ten_minutes = Window("10m", 600)
+
+    async def scenario(store: LocalStore) -> list[tuple[int, int, int]]:
+        seen = []
+        for seq in range(1, 9):  # 600 new users every 2 minutes: 10 minutes outgrow 1,000, 1 minute does not
+            members = users(600 * seq, 600 * (seq + 1))
+            pushed = now[0]
+            await store.push(Batch("w", seq, {"a": FlagDelta(600, 0, members, pushed)}))
+            now[0] += 55  # a new bucket of both windows
+            figures = (await store.snapshot()).flags["a"].windows
+            oldest = ten_minutes.buckets(now[0])[0] * ten_minutes.step
+            expected = 600 * sum(1 for k in range(seq) if start + 120 * k >= oldest)
+            seen.append((figures["1m"].users, figures["10m"].users, expected))
+            now[0] = pushed + 120
+        return seen
+
+    seen = run_with(store, scenario)
+    assert [minute for minute, _, _ in seen] == [600] * 8  # exact: its own sample never outgrew 1,000
+    for ten, expected in [(ten, expected) for _, ten, expected in seen]:
+        assert abs(ten - expected) <= 0.15 * expected, seen
+    assert any(ten != expected for _, ten, expected in seen)  # the 10 minutes were sampled
+
+
+def test_a_window_left_without_users_counts_exactly_again() -> None:
+    from flagmetrics.stores.base import Batch, FlagDelta
+    from tests.helpers import users
+
+    now = [1_800_000_000.0]
+    store = LocalStore(None, windows="1m", window_sample_size=100, clock=lambda: now[0])
+
+    async def scenario(store: LocalStore) -> tuple[int, int]:
+        await store.push(Batch("w", 1, {"a": FlagDelta(1_000, 0, users(0, 1_000), now[0])}))
+        now[0] += 5
+        sampled = (await store.snapshot()).flags["a"].windows["1m"].users
+        now[0] += 600  # long after the window emptied: the next flush prunes, and the level goes back to 0
+        await store.push(Batch("w", 2, {"a": FlagDelta(37, 0, users(5_000, 5_037), now[0])}))
+        now[0] += 5
+        return sampled, (await store.snapshot()).flags["a"].windows["1m"].users
+
+    sampled, again = run_with(store, scenario)
+    assert sampled != 1_000
+    assert abs(sampled - 1_000) <= 0.35 * 1_000
+    assert again == 37

@@ -8,23 +8,22 @@ contributions stay, and every figure only grows (until `reset`). Without a direc
 process) the same layout lives in memory.
 
 The trailing windows live in one SQLite database beside the flag files (`flagmetrics-windows.sqlite`):
-per window, a row per flag, variant (empty for the flag as a whole) and user digest with the window's
-bucket it was last seen in, so a window's figure is an exact count of the distinct users of its
-buckets (as on Redis: the window and at most one bucket more) up to 16,384 of them
-(past that, an adaptive sample of the digests: see `_sample`), computed once per bucket of the
-window (see `flagmetrics.windows`) by the first scrape that needs it and kept for the others. Rows
-older than their window are deleted as flushes go by: at most about 16,384 rows of some 70 bytes
-per window, flag and variant.
+a row per flag, variant (empty for the flag as a whole) and user digest with the time it was last
+seen, rounded down to the *quantum* (the greatest common divisor of the windows' bucket lengths: 5
+minutes for the default windows), which says which bucket of every window the user was last seen
+in. A window's figure is an exact count of the distinct users of its buckets (as on Redis: the window
+and at most one bucket more) up to 16,384 of them (past that, an adaptive sample of the digests per
+window: see `_sample`), computed once per bucket of the window (see `flagmetrics.windows`) by the
+first scrape that needs it and kept for the others. Rows no window needs any more are deleted once a
+minute: at most about 16,384 rows of some 50 bytes per window, flag and variant.
 
-Writing a user's rows costs a few microseconds each (three windows, the flag and the variant served:
-six rows), against under one for the rest of a flush. So each process remembers which users of each
-flag and variant it has written in the current bucket of the shortest window (`_Remembered`: a
-table of at most `WRITTEN_SLOTS` 8-byte slots, 8 MiB), and a user seen again in that bucket costs
-neither a row nor a sketch update: their rows already carry that bucket, or a later one, in every
-window, as the other windows' buckets are whole multiples of the shortest one's (otherwise nothing
-is skipped). What it remembers is forgotten when the bucket ends and whenever any process resets a
-flag or computes the figures (both count in the database), and is never trusted for a batch of an
-earlier bucket.
+Writing a user's row costs several microseconds (a B-tree insert; one for the flag and one for the
+variant served), against under one for the rest of a flush. So each process remembers which users
+of each flag and variant it has written in the current quantum (`_Remembered`: a table of at most
+`WRITTEN_SLOTS` 8-byte slots, 8 MiB), and a user seen again within it costs neither a row nor a
+sketch update: their row already carries that time, or a later one. What it remembers is forgotten
+when the quantum ends and whenever any process resets a flag or computes the figures (both count in
+the database), and is never trusted for a batch of an earlier quantum.
 """
 
 from __future__ import annotations
@@ -36,6 +35,7 @@ import functools
 import glob
 import hashlib
 import json
+import math
 import mmap
 import os
 import secrets
@@ -43,8 +43,8 @@ import sqlite3
 import struct
 import threading
 import time
-from collections.abc import Callable, Collection, Iterator, Mapping
-from typing import Final
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from typing import Any, Final
 
 from flagmetrics import locks, sketch
 from flagmetrics.exceptions import ConfigurationError, StoreError
@@ -73,9 +73,10 @@ _PRUNE_INTERVAL_S = 60.0  # how often a writer deletes rows no window needs any 
 # flush does not wait for the disk (the windows are a view of the last days, not the counts).
 _PRAGMAS = "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;"
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS seen (
-    seconds INTEGER NOT NULL, flag TEXT NOT NULL, variant TEXT NOT NULL, user INTEGER NOT NULL, t INTEGER NOT NULL,
-    PRIMARY KEY (seconds, flag, variant, user)
+DROP TABLE IF EXISTS seen;
+CREATE TABLE IF NOT EXISTS users (
+    flag TEXT NOT NULL, variant TEXT NOT NULL, user INTEGER NOT NULL, t INTEGER NOT NULL,
+    PRIMARY KEY (flag, variant, user)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS levels (
     seconds INTEGER NOT NULL, flag TEXT NOT NULL, variant TEXT NOT NULL, level INTEGER NOT NULL,
@@ -94,11 +95,11 @@ _NEXT_GENERATION = (
     "INSERT INTO computed (seconds, bucket) VALUES (0, 1) ON CONFLICT (seconds) DO UPDATE SET bucket = bucket + 1"
 )
 _UPSERT = (
-    "INSERT INTO seen (seconds, flag, variant, user, t) VALUES (?, ?, ?, ?, ?) "
-    "ON CONFLICT (seconds, flag, variant, user) DO UPDATE SET t = excluded.t WHERE excluded.t > t"
+    "INSERT INTO users (flag, variant, user, t) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT (flag, variant, user) DO UPDATE SET t = excluded.t WHERE excluded.t > t"
 )
-_COUNT_SAMPLE = "SELECT count(*) FROM seen WHERE seconds = ? AND flag = ? AND variant = ?"
-_THIN_SAMPLE = "DELETE FROM seen WHERE seconds = ? AND flag = ? AND variant = ? AND (user & ?) != 0"
+# The users of a window's sample: seen since `t` and in the sample of its level (mask 2^level - 1).
+_COUNT_SAMPLE = "SELECT count(*) FROM users WHERE flag = ? AND variant = ? AND t >= ? AND (user & ?) = 0"
 WINDOW_SAMPLE_SIZE: Final = 16_384
 """Most users kept per window, flag and variant; past it, an adaptive sample (see `LocalStore`)."""
 WRITTEN_SLOTS: Final = 1 << 20
@@ -191,7 +192,7 @@ class _Remembered:
         self._salts: dict[tuple[str, str], int] = {}
         self._stored = 0
         self.at = (-1, -1)
-        """(generation of the figures, bucket of the shortest window) of what is remembered."""
+        """(generation of the figures, quantum) of what is remembered."""
 
     def forget(self, at: tuple[int, int]) -> None:
         """Forget every user; remember from now on for `at`."""
@@ -292,10 +293,9 @@ class LocalStore:
         self._db_pid = 0
         self._next_prune = 0.0
         self._parsed_figures: tuple[dict[int, int], dict[str, dict[str, WindowStats]]] | None = None
-        # The users this process wrote rows for in the current bucket of the shortest window.
-        shortest = min(self._windows, key=lambda window: window.step, default=None)
-        nested = shortest is not None and all(window.step % shortest.step == 0 for window in self._windows)
-        self._shortest = shortest if nested else None
+        # Row times are rounded down to the quantum, which divides every window's bucket length.
+        self._quantum = math.gcd(*(window.step for window in self._windows)) if self._windows else 1
+        # The users this process wrote rows for in the current quantum.
         self._written = _Remembered()
 
     @property
@@ -404,10 +404,10 @@ class LocalStore:
         db.execute("DELETE FROM figures WHERE seconds = ?", (window.seconds,))
         db.execute(
             "INSERT INTO figures (seconds, bucket, flag, variant, users) "
-            "SELECT ?, ?, s.flag, s.variant, count(*) << coalesce(l.level, 0) FROM seen AS s "
-            "LEFT JOIN levels AS l ON l.seconds = s.seconds AND l.flag = s.flag AND l.variant = s.variant "
-            "WHERE s.seconds = ? AND s.t >= ? GROUP BY s.flag, s.variant",
-            (window.seconds, window.bucket(now), window.seconds, window.buckets(now)[0]),
+            "SELECT ?, ?, s.flag, s.variant, count(*) << coalesce(l.level, 0) FROM users AS s "
+            "LEFT JOIN levels AS l ON l.seconds = ? AND l.flag = s.flag AND l.variant = s.variant "
+            "WHERE s.t >= ? AND (s.user & ((1 << coalesce(l.level, 0)) - 1)) = 0 GROUP BY s.flag, s.variant",
+            (window.seconds, window.bucket(now), window.seconds, window.buckets(now)[0] * window.step),
         )
         db.execute(
             "INSERT OR REPLACE INTO computed (seconds, bucket) VALUES (?, ?)", (window.seconds, window.bucket(now))
@@ -475,22 +475,14 @@ class LocalStore:
         written: list[tuple[int, list[int]]] = []
         try:
             with db:
+                if prune:  # first: a window left without users samples the batch's users at level 0
+                    self._prune(db, now)
                 if self._windows:
-                    fresh, written = self._sample(db, batch)
+                    fresh, written = self._sample(db, batch, now)
                 db.executemany(
                     "INSERT OR REPLACE INTO splits (flag, weights) VALUES (?, ?)",
                     [(key, json.dumps(weights)) for key, weights in batch.splits.items()],
                 )
-                if prune:
-                    for window in self._windows:
-                        db.execute(
-                            "DELETE FROM seen WHERE seconds = ? AND t < ?",
-                            (window.seconds, window.buckets(now)[0] - 1),
-                        )
-                    db.execute(
-                        "DELETE FROM levels WHERE NOT EXISTS (SELECT 1 FROM seen AS s WHERE s.seconds = "
-                        "levels.seconds AND s.flag = levels.flag AND s.variant = levels.variant)"
-                    )
         except sqlite3.Error as exc:
             raise StoreError(
                 f"could not write the windows in {self._database_name()!r}: {exc}", transient=False
@@ -501,11 +493,22 @@ class LocalStore:
             self._written.note(salt, users)
         return fresh
 
-    def _sample(self, db: sqlite3.Connection, batch: Batch) -> tuple[dict[str, list[int]], list[tuple[int, list[int]]]]:
+    def _since(self, window: Window, now: float) -> int:
+        """The earliest row time a window may still need: its oldest bucket and one more."""
+        return (window.buckets(now)[0] - 1) * window.step
+
+    def _sample(
+        self, db: sqlite3.Connection, batch: Batch, now: float
+    ) -> tuple[dict[str, list[int]], list[tuple[int, list[int]]]]:
         """Add the batch's users to each window's sample, raising a sample's level past its size.
 
-        Returns the hashes (unsigned) of each flag's users not written in the current bucket yet, and
-        the users to remember as written, by flag and variant, once the transaction is committed.
+        A window, flag and variant counts every user until it holds `window_sample_size` of them;
+        past that only the users whose digest ends in `level` zero bits (each level halves the
+        sample), and its figures are the sample's count times 2^level. A row is kept while some
+        window needs it: seen since that window's oldest bucket and in its sample.
+
+        Returns the hashes (unsigned) of each flag's users not written in the current quantum yet, and
+        the users to remember as written (by salt) once the transaction is committed.
         """
         keys = [
             (key, variant, _users(served), delta.seen)
@@ -521,52 +524,81 @@ class LocalStore:
             (seconds, flag, variant): (level, bound)
             for seconds, flag, variant, level, bound in db.execute("SELECT * FROM levels").fetchall()
         }
-        rows: list[tuple[int, str, str, int, int]] = []
+        rows: list[tuple[str, str, int, int]] = []
         grown = []
-        for window in self._windows:
-            seconds = window.seconds
-            for key, variant, served, seen in keys:
-                level, bound = levels.get((seconds, key, variant), (0, 0))
+        for key, variant, served, seen in keys:
+            current = [levels.get((window.seconds, key, variant), (0, 0)) for window in self._windows]
+            lowest = min(level for level, _ in current)
+            # A user outside the lowest level's sample is in no window's sample.
+            users = [user for user in served if user & ((1 << lowest) - 1) == 0] if lowest else served
+            # The quantum, not the time: a user seen again within it is a lookup, not a write.
+            t = int(seen // self._quantum) * self._quantum
+            rows += [(key, variant, user, t) for user in users]
+            for window, (level, bound) in zip(self._windows, current, strict=True):
                 mask = (1 << level) - 1
-                users = [user for user in served if user & mask == 0] if level else served
-                # The bucket, not the time: a user seen again within a bucket is a lookup, not a write.
-                bucket = window.bucket(seen)
-                rows += [(seconds, key, variant, user, bucket) for user in users]
-                grown.append((seconds, key, variant, level, bound + len(users)))
+                added = len(users) if level == lowest else sum(1 for user in users if user & mask == 0)
+                grown.append((window, key, variant, level, bound + added))
         db.executemany(_UPSERT, rows)
         settled = []
-        for seconds, key, variant, level, bound in grown:
+        thinned = set()
+        for window, key, variant, level, bound in grown:
             if bound > self._sample_size:  # perhaps too many: count, and halve the sample until it fits
-                bound = db.execute(_COUNT_SAMPLE, (seconds, key, variant)).fetchone()[0]
+                since = self._since(window, now)
+                bound = db.execute(_COUNT_SAMPLE, (key, variant, since, (1 << level) - 1)).fetchone()[0]
                 while bound > self._sample_size:
                     level += 1
-                    db.execute(_THIN_SAMPLE, (seconds, key, variant, (1 << level) - 1))
-                    bound = db.execute(_COUNT_SAMPLE, (seconds, key, variant)).fetchone()[0]
-            settled.append((seconds, key, variant, level, bound))
+                    thinned.add((key, variant))
+                    bound = db.execute(_COUNT_SAMPLE, (key, variant, since, (1 << level) - 1)).fetchone()[0]
+            settled.append((window.seconds, key, variant, level, bound))
         db.executemany("INSERT OR REPLACE INTO levels VALUES (?, ?, ?, ?, ?)", settled)
+        if thinned:
+            self._drop_unneeded(db, now, thinned)
         return fresh, written
+
+    def _drop_unneeded(self, db: sqlite3.Connection, now: float, keys: Iterable[tuple[str, str]]) -> None:
+        """Delete the rows of these flags and variants that no window's sample needs."""
+        needed = " OR ".join("(t >= ? AND (user & ?) = 0)" for _ in self._windows)
+        for key, variant in keys:
+            args: list[Any] = [key, variant]
+            for window in self._windows:
+                found = db.execute(
+                    "SELECT level FROM levels WHERE seconds = ? AND flag = ? AND variant = ?",
+                    (window.seconds, key, variant),
+                ).fetchone()
+                args += (self._since(window, now), (1 << (found[0] if found else 0)) - 1)
+            # `needed` repeats a constant condition per window: every value is a parameter.
+            db.execute(f"DELETE FROM users WHERE flag = ? AND variant = ? AND NOT ({needed})", args)  # noqa: S608
+
+    def _prune(self, db: sqlite3.Connection, now: float) -> None:
+        """Delete the rows no window needs, and the levels of windows left without users."""
+        db.execute("DELETE FROM users WHERE t < ?", (min(self._since(window, now) for window in self._windows),))
+        sampled = db.execute("SELECT DISTINCT flag, variant FROM levels WHERE level > 0").fetchall()
+        self._drop_unneeded(db, now, sampled)
+        for window in self._windows:
+            db.execute(
+                "DELETE FROM levels WHERE seconds = ? AND NOT EXISTS (SELECT 1 FROM users AS s "
+                "WHERE s.flag = levels.flag AND s.variant = levels.variant AND s.t >= ?)",
+                (window.seconds, self._since(window, now)),
+            )
 
     def _unwritten(
         self, db: sqlite3.Connection, keys: list[tuple[str, str, list[int], float]]
     ) -> list[tuple[int, list[int]]]:
-        """Remove from `keys` (in place) the users written in the current bucket of the shortest window.
+        """Remove from `keys` (in place) the users written in the current quantum.
 
         Returns the users to remember once the batch is committed (by salt): none for a batch of an
-        earlier bucket.
+        earlier quantum.
         """
-        shortest = self._shortest
-        if shortest is None:
-            return []
         row = db.execute("SELECT bucket FROM computed WHERE seconds = 0").fetchone()
         generation = row[0] if row else 0
-        bucket = max(shortest.bucket(seen) for _, _, _, seen in keys)
+        quantum = max(int(seen // self._quantum) for _, _, _, seen in keys)
         remembered = self._written
-        if generation != remembered.at[0] or bucket > remembered.at[1]:
-            remembered.forget((generation, bucket))
+        if generation != remembered.at[0] or quantum > remembered.at[1]:
+            remembered.forget((generation, quantum))
         written = []
         for n, (key, variant, served, seen) in enumerate(keys):
-            if shortest.bucket(seen) != remembered.at[1]:
-                continue  # an earlier bucket: its rows may be older than what is remembered
+            if int(seen // self._quantum) != remembered.at[1]:
+                continue  # an earlier quantum: its rows may be older than what is remembered
             salt, unseen = remembered.unseen(key, variant, served)
             keys[n] = (key, variant, unseen, seen)
             if unseen:
@@ -579,11 +611,11 @@ class LocalStore:
             if db is not None:
                 with db:
                     if flag_key is None:
-                        db.execute("DELETE FROM seen")
+                        db.execute("DELETE FROM users")
                         db.execute("DELETE FROM levels")
                         db.execute("DELETE FROM figures")
                     else:
-                        db.execute("DELETE FROM seen WHERE flag = ?", (flag_key,))
+                        db.execute("DELETE FROM users WHERE flag = ?", (flag_key,))
                         db.execute("DELETE FROM levels WHERE flag = ?", (flag_key,))
                         db.execute("DELETE FROM figures WHERE flag = ?", (flag_key,))
                     db.execute("DELETE FROM computed WHERE seconds > 0")  # computed again by the next read
