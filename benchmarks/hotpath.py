@@ -368,8 +368,11 @@ def render(data: dict[str, Any], charts: Charts, verdicts: list[list[str]]) -> L
         "store's own work, such as Redis running the script while the loop serves requests; *flush CPU*, "
         "the worker's CPU time over all its threads during it: what a flush takes from requests; per "
         "event of the round: about "
-        f"{data['events_per_round']:,} events with mostly distinct users per flush — the worst case; "
-        "at lower rates or with repeat users it is proportionally less). Peers that keep every increment in "
+        f"{data['events_per_round']:,} events with mostly distinct users per flush; at lower rates it is "
+        "proportionally less. The rounds replay 3 slices of one stream, so a user comes back a few "
+        "seconds later, as in a server: the local store writes its window rows for a user once per "
+        "5 minutes, and the profile section below gives its cost for users it has not seen in them). "
+        "Peers that keep every increment in "
         f"Redis run 1/{PEER_EVENTS_DIVISOR} of the events per round, in turn with the others. "
         "*Paired* ratios are the median "
         "of the per-round ratios, each round of every candidate having run within about a second of the "
@@ -446,7 +449,9 @@ def render(data: dict[str, Any], charts: Charts, verdicts: list[list[str]]) -> L
                 f"worst {s[c]['stall_max_ms']:.1f} ms"
                 for c in ("flagmetrics-redis", "flagmetrics-local")
             )
-            + f" per flush of {data['events_per_round']:,} events.",
+            + f" per flush of {data['events_per_round']:,} events (the flush hashes and assembles its batch "
+            "on the loop in steps of 1,000 users, `Buffer.cut_in_steps`; the rest is the store's own work "
+            "on the loop, and for the local store its thread holding the interpreter's lock).",
             "",
         ]
     out += _error_stream(data, verdicts)
