@@ -8,8 +8,8 @@ events paced in 10 ms ticks for a fixed window, then flushes once more.
 Counted on both sides:
   client: every `send_packed_command` of the redis-py connection (a subclass passed as
           `connection_class`, counting and passing through): one call is one round trip, a
-          pipeline included; sends less than 0.25 s apart are grouped into one flush (the flusher
-          runs once a second), which gives the round trips of each flush;
+          pipeline included; each send is charged to the `Flusher.flush` call under way (numbered
+          by wrapping it), which gives the round trips of each flush;
   server: `INFO commandstats` deltas over the window (the `info` calls themselves left out);
           commands run inside the flush script are counted there too (HINCRBY, PFADD, SET, GET).
 Sustained: record continuously (a `sleep(0)` every 100 events) and `await flush()` every
@@ -48,17 +48,6 @@ def _commandstats(client: Any) -> dict[str, int]:
     return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items() if name != "cmdstat_info"}
 
 
-def _bursts(times: list[float], gap_s: float = 0.25) -> list[list[float]]:
-    """Group send times into flushes: sends less than `gap_s` apart belong to the same flush."""
-    groups: list[list[float]] = []
-    for t in times:
-        if groups and t - groups[-1][-1] < gap_s:
-            groups[-1].append(t)
-        else:
-            groups.append([t])
-    return groups
-
-
 def _delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
     return {k: after.get(k, 0) - before.get(k, 0) for k in after if after.get(k, 0) - before.get(k, 0)}
 
@@ -75,11 +64,13 @@ async def _measure(redis_url: str, rates: list[int], window_s: float, sustain_s:
 
         sends = 0
         payload_bytes = 0
-        times: ClassVar[list[float]] = []
+        flush = 0
+        """The number of the flush under way (`Flusher.flush` calls, numbered below)."""
+        flushes: ClassVar[list[int]] = []
 
         async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
             CountingConnection.sends += 1
-            CountingConnection.times.append(time.monotonic())
+            CountingConnection.flushes.append(CountingConnection.flush)
             if isinstance(command, (bytes, bytearray)):
                 CountingConnection.payload_bytes += len(command)
             elif not isinstance(command, str):
@@ -99,7 +90,15 @@ async def _measure(redis_url: str, rates: list[int], window_s: float, sustain_s:
         await exporter.flush()
         before = _commandstats(admin)
         CountingConnection.sends = CountingConnection.payload_bytes = 0
-        CountingConnection.times = []
+        CountingConnection.flushes = []
+        flusher = exporter._flusher
+        flush = flusher.flush
+
+        async def numbered(flush: Any = flush) -> None:  # each send is charged to the flush that made it
+            CountingConnection.flush += 1
+            await flush()
+
+        flusher.flush = numbered  # type: ignore[method-assign]
         per_tick = rate * TICK_S
         owed = 0.0
         sent = 0
@@ -116,7 +115,9 @@ async def _measure(redis_url: str, rates: list[int], window_s: float, sustain_s:
         elapsed = time.perf_counter() - started
         await exporter.flush()  # deliver the tail: counted, it is one more flush
         sends, payload = CountingConnection.sends, CountingConnection.payload_bytes
-        bursts = _bursts(CountingConnection.times)
+        bursts = [
+            [n for n in CountingConnection.flushes if n == number] for number in sorted(set(CountingConnection.flushes))
+        ]
         after = _commandstats(admin)
         reader = RedisStore.from_url(redis_url, key_prefix=prefix)
         stored = sum(stats.total for stats in (await reader.snapshot()).flags.values()) - 1
@@ -274,8 +275,8 @@ def render(data: dict[str, Any], charts: Charts, verdicts: list[list[str]]) -> L
         "",
         f"One worker, flagmetrics on a RedisStore (flusher at its default 1 s), events paced in 10 ms ticks "
         f"for {data['window_s']:g} s per rate, then one last `flush()` (counted). *Round trips* are counted "
-        "on the client (every `send_packed_command` of the redis-py connection); sends less than 0.25 s "
-        "apart are grouped into one *flush* (flushes are 1 s apart). The server side is `INFO "
+        "on the client (every `send_packed_command` of the redis-py connection), each charged to the "
+        "`Flusher.flush` call under way (a *flush*; the flusher runs one a second). The server side is `INFO "
         "commandstats` deltas: EVALSHA calls, and every command the flush script runs inside Redis (one "
         "round trip, many commands: the table lists them).",
         "",
