@@ -58,6 +58,9 @@ def test_threads_hammering_one_series_count_exactly(tmp_path: Path) -> None:
     for _ in range(160_000):  # every observation is the same, so any order of the additions gives this
         total += 0.0005
     assert found['feature_flag_evaluation_duration_seconds_sum{"flag_key": "hammered"}'] == total
+    # The buffer, updated under prometheus_client's lock in the same acquisition, counted every one too.
+    assert found["one_lock"] is True
+    assert found["buffered"] == [160_000, 1_000, 1_000]
 
 
 def test_a_forked_child_writes_its_own_files(tmp_path: Path) -> None:

@@ -25,6 +25,7 @@ class Series:
     """What `record()` touches for one admitted label triple: everything resolved in advance."""
 
     __slots__ = (
+        "_buffer",
         "_cells",
         "_error_cells",
         "_error_codes",
@@ -40,8 +41,11 @@ class Series:
         "is_error",
     )
 
-    def __init__(self, labels: Labels, metrics: Metrics, flag: FlagBuffer, overflow: Any | None) -> None:
+    def __init__(
+        self, labels: Labels, metrics: Metrics, buffer: Buffer, flag: FlagBuffer, overflow: Any | None
+    ) -> None:
         self.flag_key = labels.flag_key
+        self._buffer = buffer
         evaluations = metrics.evaluations.labels(*labels)
         self._evaluations = evaluations
         self._overflow = overflow
@@ -66,23 +70,26 @@ class Series:
             child = self._error_codes[code] = self._errors.labels(self.flag_key, code or "GENERAL")
         return child
 
-    def record(self, duration_s: float | None, code: str | None) -> None:
-        """Count one evaluation in the counters and the histogram, every value written to the mmap at once.
+    def record(self, duration_s: float | None, code: str | None, user: str | None) -> bool:
+        """Count one evaluation in the counters and the histogram, every value written to the mmap at once,
+        and buffer it with its user for the store; False when the user had to be dropped.
 
         In a multiprocess worker the values are written directly (`flagmetrics.mmapvalues`) under
-        prometheus_client's lock, all of one evaluation at once; otherwise, and for the first
-        evaluation of a series in a process, through prometheus_client.
+        prometheus_client's lock, all of one evaluation at once, and the buffer (which shares that
+        lock) updated under the same acquisition; otherwise, and for the first evaluation of a series
+        in a process, through prometheus_client.
         """
         cells = self._cells
         if cells is None or cells.generation != fork_generation[0]:
             self._record_slowly(duration_s, code)
-            return
+            return self._buffer.add(self.flag, self.is_error, user, self.exposure)
         error = None
         if self.is_error:
             error = self._error_cells.get(code)
             if error is None:
                 self._record_slowly(duration_s, code)
-                return
+                return self._buffer.add(self.flag, self.is_error, user, self.exposure)
+        buffer = self._buffer
         with cells.lock:
             # Each value: keep prometheus_client's copy in step, then store it in the file.
             cell = cells.count
@@ -108,6 +115,9 @@ class Series:
                 error.view[error.index] = total
             if cells.overflow is not None:
                 cells.overflow.add(1.0)
+            if buffer.lock is cells.lock:
+                return buffer.add_locked(self.flag, self.is_error, user, self.exposure)
+        return buffer.add(self.flag, self.is_error, user, self.exposure)
 
     def _record_slowly(self, duration_s: float | None, code: str | None) -> None:
         """Count through prometheus_client (which also moves the values to a forked child's files), then
@@ -193,7 +203,7 @@ class Admission:
         capped = Labels(flag_key, reason, variant)
         series = self._by_labels.get(capped)
         if series is None:
-            series = Series(capped, self._metrics, self._buffer.flag(flag_key), self._overflow(capped))
+            series = Series(capped, self._metrics, self._buffer, self._buffer.flag(flag_key), self._overflow(capped))
         if len(self._by_labels) < _KNOWN_LIMIT:
             self._by_labels[capped] = series
             self._by_labels[labels] = series

@@ -118,9 +118,12 @@ class Buffer:
     `record()` may be called from threads (sync OpenFeature evaluations) while the flusher cuts.
     """
 
-    __slots__ = ("_cutting", "_in_flight", "_lock", "_pins", "_seq", "_splits", "capacity", "flags", "room", "writer")
+    __slots__ = ("_cutting", "_in_flight", "_pins", "_seq", "_splits", "capacity", "flags", "lock", "room", "writer")
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, lock: Any | None = None) -> None:
+        """`lock` guards the buffer (a new one by default); in a multiprocess worker the exporter passes
+        prometheus_client's write lock, so that `record()` updates its values and the buffer under one
+        acquisition."""
         self.capacity = capacity
         self.room = capacity
         self.flags: dict[str, FlagBuffer] = {}
@@ -129,14 +132,14 @@ class Buffer:
         self._seq = 0
         self._in_flight: tuple[Batch, int] | None = None
         self._cutting: _Cut | None = None
-        self._lock = threading.Lock()
+        self.lock = lock if lock is not None else threading.Lock()
         # Identifies this process's batches in the store: host, pid and a random token, so neither
         # another host with the same pid nor a later process reusing the pid is mistaken for it.
         self.writer = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
 
     def flag(self, flag_key: str) -> FlagBuffer:
         """Return the buffer of a flag, creating it."""
-        with self._lock:
+        with self.lock:
             buf = self.flags.get(flag_key)
             if buf is None:
                 buf = self.flags[flag_key] = FlagBuffer()
@@ -147,37 +150,41 @@ class Buffer:
 
         False when the user had to be dropped.
         """
-        with self._lock:
-            flag.total += 1
-            if error:
-                flag.errors += 1
-            if user is None:
-                return True
-            if user not in flag.users:
-                if self.room <= 0:
-                    return False
-                flag.users.add(user)
-                self.room -= 1
-            if variant is not None:
-                served = flag.variants.get(variant)
-                if served is None:
-                    served = flag.variants[variant] = set()
-                served.add(user)
+        with self.lock:
+            return self.add_locked(flag, error, user, variant)
+
+    def add_locked(self, flag: FlagBuffer, error: bool, user: str | None, variant: str | None = None) -> bool:
+        """`add`, for a caller holding `lock`."""
+        flag.total += 1
+        if error:
+            flag.errors += 1
+        if user is None:
             return True
+        if user not in flag.users:
+            if self.room <= 0:
+                return False
+            flag.users.add(user)
+            self.room -= 1
+        if variant is not None:
+            served = flag.variants.get(variant)
+            if served is None:
+                served = flag.variants[variant] = set()
+            served.add(user)
+        return True
 
     def pin(self, flag_key: str, pin: Pin) -> None:
         """Queue figures that replace a flag's computed gauges."""
-        with self._lock:
+        with self.lock:
             self._pins[flag_key] = pin
 
     def expect(self, flag_key: str, weights: dict[str, float]) -> None:
         """Queue the expected weights of a flag's variants."""
-        with self._lock:
+        with self.lock:
             self._splits[flag_key] = weights
 
     def discard(self, flag_key: str | None = None) -> None:
         """Forget what is buffered for one flag, or for all, returning its room."""
-        with self._lock:
+        with self.lock:
             self._discard(flag_key)
 
     def _discard(self, flag_key: str | None) -> None:
@@ -252,7 +259,7 @@ class Buffer:
     def _take(self) -> _Cut | None:
         """Empty the flag buffers, pins and splits into a new cut (None when there is nothing)."""
         taken: list[tuple[str, int, int, set[str], dict[str, set[str]]]] = []
-        with self._lock:
+        with self.lock:
             if self._in_flight is not None:
                 raise RuntimeError("a batch is already in flight; deliver it before cutting another")
             for key, buf in self.flags.items():
@@ -281,7 +288,7 @@ class Buffer:
             key: cut.deltas.get(key) or _delta(t, e, users, variants, cut.digests, now)
             for key, t, e, users, variants in taken
         }
-        with self._lock:
+        with self.lock:
             if cut.taken is not taken:  # a thread discarded flags meanwhile
                 taken = cut.taken
                 deltas = {key: deltas[key] for key, _, _, _, _ in taken}
@@ -294,7 +301,7 @@ class Buffer:
 
     def delivered(self) -> None:
         """Mark the in-flight batch applied by the store, freeing its room."""
-        with self._lock:
+        with self.lock:
             if self._in_flight is not None:
                 self.room += self._in_flight[1]
                 self._in_flight = None
@@ -308,7 +315,7 @@ class Buffer:
 
         Returns (evaluations, user ids) lost, for the caller to count.
         """
-        with self._lock:
+        with self.lock:
             events = users = 0
             cutting = self._cutting
             if cutting is not None:

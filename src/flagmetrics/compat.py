@@ -91,6 +91,27 @@ def multiprocess_merge_steps() -> tuple[Any, Any]:
     return steps[0], steps[1]
 
 
+def multiprocess_lock() -> Any | None:
+    """prometheus_client's write lock of multiprocess values in this process; None when not in multiprocess mode."""
+    from prometheus_client import values
+
+    value_class = values.ValueClass
+    if not getattr(value_class, "_multiprocess", False):
+        return None
+    return _write_lock(value_class)
+
+
+def _write_lock(value_class: type) -> Any:
+    inc = getattr(value_class, "inc", None)
+    code = getattr(inc, "__code__", None)
+    closure = getattr(inc, "__closure__", None)
+    if code is None or closure is None or "lock" not in code.co_freevars:
+        raise UnsupportedVersionError(
+            "prometheus-client", PROMETHEUS_CLIENT_RANGE, "MmapedValue.inc no longer writes under a shared `lock`"
+        )
+    return closure[code.co_freevars.index("lock")].cell_contents
+
+
 def multiprocess_value_cell(value: Any) -> tuple[Any, Any, int] | None:
     """For a metric child's multiprocess value: prometheus_client's write lock, its file and the value's position.
 
@@ -100,14 +121,7 @@ def multiprocess_value_cell(value: Any) -> tuple[Any, Any, int] | None:
     """
     if not getattr(value, "_multiprocess", False):
         return None
-    inc = getattr(type(value), "inc", None)
-    code = getattr(inc, "__code__", None)
-    closure = getattr(inc, "__closure__", None)
-    if code is None or closure is None or "lock" not in code.co_freevars:
-        raise UnsupportedVersionError(
-            "prometheus-client", PROMETHEUS_CLIENT_RANGE, "MmapedValue.inc no longer writes under a shared `lock`"
-        )
-    lock = closure[code.co_freevars.index("lock")].cell_contents
+    lock = _write_lock(type(value))
     file = getattr(value, "_file", None)
     key = getattr(value, "_key", None)
     positions = getattr(file, "_positions", None)

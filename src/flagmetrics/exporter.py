@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from flagmetrics.admission import Admission
 from flagmetrics.buffer import Buffer
 from flagmetrics.collector import FleetGauge, fleet_gauges
+from flagmetrics.compat import multiprocess_lock
 from flagmetrics.config import Settings, metric_prefix
 from flagmetrics.environment import multiprocess_dir
 from flagmetrics.events import MAX_KEY_LENGTH, Defect, Reader, valid_label
@@ -113,7 +114,7 @@ class PrometheusExporter:
         self._registry = registry
         self._gauges = fleet_gauges(self._prefix)
         self._store = store if store is not None else default_store(self._settings, self._multiprocess_dir)
-        self._buffer = Buffer(self._settings.buffer_capacity)
+        self._buffer = Buffer(self._settings.buffer_capacity, multiprocess_lock())
         self._admission = Admission(
             self._metrics,
             self._buffer,
@@ -243,8 +244,7 @@ class PrometheusExporter:
             if series is None:
                 return
             # From here on the evaluation is counted, so nothing below may abort half-way.
-            series.record(duration_s, error_code)
-            if not self._buffer.add(series.flag, series.is_error, user, series.exposure):
+            if not series.record(duration_s, error_code, user):
                 self._dropped.inc()
             if self._start_pending:
                 self._start()

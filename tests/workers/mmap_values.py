@@ -60,13 +60,14 @@ def stream() -> list[Evaluation]:
     return events
 
 
-def slow_record(self: Series, duration_s: float | None, code: str | None) -> None:
+def slow_record(self: Series, duration_s: float | None, code: str | None, user: str | None) -> bool:
     """What `record_sync` did before the direct writes: prometheus_client's own calls."""
     self.count.inc()
     if duration_s is not None:
         self.duration.observe(duration_s)
     if self.is_error:
         self.error(code).inc()
+    return self._buffer.add(self.flag, self.is_error, user, self.exposure)
 
 
 def events(mode: str) -> dict[str, Any]:
@@ -81,18 +82,25 @@ def events(mode: str) -> dict[str, Any]:
 
 def threads(count: int, each: int) -> dict[str, Any]:
     recorder = exporter()
-    event = Evaluation("hammered", "SPLIT", "on", None, 0.5)
+    events = [Evaluation("hammered", "SPLIT", "on", f"user-{n}", 0.5) for n in range(1_000)]
 
     def hammer() -> None:
-        for _ in range(each):
-            recorder.record_sync(event)
+        for n in range(each):
+            recorder.record_sync(events[n % 1_000])
 
     workers = [threading.Thread(target=hammer) for _ in range(count)]
     for worker in workers:
         worker.start()
     for worker in workers:
         worker.join()
-    return samples()
+    from flagmetrics.compat import multiprocess_lock
+
+    buffered = recorder._buffer.flags["hammered"]
+    return {
+        **samples(),
+        "buffered": [buffered.total, len(buffered.users), len(buffered.variants["on"])],
+        "one_lock": recorder._buffer.lock is multiprocess_lock(),
+    }
 
 
 def fork() -> dict[str, Any]:
