@@ -28,7 +28,6 @@ the database), and is never trusted for a batch of an earlier quantum.
 
 from __future__ import annotations
 
-import array
 import asyncio
 import contextlib
 import functools
@@ -181,13 +180,15 @@ class _Remembered:
     of two slots named by its low and its high bits (0 is free), or else pushes out the first slot's
     key, which then costs a row written again, never a figure. A lookup finds only keys it was given
     (short of a 2^-64 coincidence). The table starts at 512 KiB and quadruples whenever it holds more
-    keys than a quarter of its slots, up to `WRITTEN_SLOTS`; forgetting empties it.
+    keys than a quarter of its slots, up to `WRITTEN_SLOTS`; forgetting empties it. It lives in an
+    anonymous mapping of its own, so that memory a smaller or emptied table no longer uses goes back
+    to the system at once (large arrays would stay in the allocator's heap).
     """
 
-    __slots__ = ("_mask", "_salts", "_slots", "_stored", "at")
+    __slots__ = ("_mapping", "_mask", "_salts", "_slots", "_stored", "at")
 
     def __init__(self) -> None:
-        self._slots = array.array("q", bytes(8 * _FIRST_SLOTS))
+        self._mapping, self._slots = _slots(_FIRST_SLOTS)
         self._mask = _FIRST_SLOTS - 1
         self._salts: dict[tuple[str, str], int] = {}
         self._stored = 0
@@ -197,7 +198,7 @@ class _Remembered:
     def forget(self, at: tuple[int, int]) -> None:
         """Forget every user; remember from now on for `at`."""
         if self._stored:
-            self._slots = array.array("q", bytes(8 * len(self._slots)))
+            self._replace(*_slots(len(self._slots)))
         self._salts.clear()
         self._stored = 0
         self.at = at
@@ -222,7 +223,7 @@ class _Remembered:
             self._put(slots, mask, user ^ salt)
 
     @staticmethod
-    def _put(slots: array.array[int], mask: int, key: int) -> None:
+    def _put(slots: memoryview, mask: int, key: int) -> None:
         first = key & mask
         if slots[first] in (0, key):
             slots[first] = key
@@ -238,11 +239,24 @@ class _Remembered:
         while self._stored > size // 4 and size < WRITTEN_SLOTS:
             size *= 4
         size = min(size, WRITTEN_SLOTS)
-        slots, mask = array.array("q", bytes(8 * size)), size - 1
+        mapping, slots = _slots(size)
+        mask = size - 1
         for key in self._slots:
             if key:
                 self._put(slots, mask, key)
-        self._slots, self._mask = slots, mask
+        self._replace(mapping, slots)
+        self._mask = mask
+
+    def _replace(self, mapping: mmap.mmap, slots: memoryview) -> None:
+        self._slots.release()
+        self._mapping.close()
+        self._mapping, self._slots = mapping, slots
+
+
+def _slots(count: int) -> tuple[mmap.mmap, memoryview]:
+    """`count` zeroed 64-bit slots in an anonymous private mapping (pages taken as they are written)."""
+    mapping = mmap.mmap(-1, 8 * count, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    return mapping, memoryview(mapping).cast("q")
 
 
 class LocalStore:
