@@ -43,6 +43,8 @@ class Tally:
     exposures: dict[tuple[str, str], set[str]] = field(default_factory=dict)
     """The users served each (flag, variant), ERROR and variant-less answers left out."""
     failed_requests: int = 0
+    failures: Counter[str] = field(default_factory=Counter)
+    """Why requests failed: the HTTP status or the client's exception, with its message."""
 
     def add(self, request: Request, answer: dict[str, object]) -> None:
         reason = "ERROR" if answer.get("error_code") else str(answer["reason"])
@@ -60,6 +62,7 @@ class Tally:
         for exposure, served in other.exposures.items():
             self.exposures.setdefault(exposure, set()).update(served)
         self.failed_requests += other.failed_requests
+        self.failures.update(other.failures)
 
     def totals(self) -> Counter[str]:
         totals: Counter[str] = Counter()
@@ -112,8 +115,9 @@ async def send(base_url: str, requests: list[Request], concurrency: int = 16) ->
                 try:
                     response = await client.get(f"/evaluate/{request.flag_key}", params=params)
                     response.raise_for_status()
-                except httpx.HTTPError:
+                except httpx.HTTPError as exc:
                     tally.failed_requests += 1
+                    tally.failures[f"{type(exc).__name__}: {exc}"] += 1
                     continue
                 tally.add(request, response.json())
 

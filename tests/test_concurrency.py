@@ -46,7 +46,7 @@ def test_eight_concurrent_scrapes_during_load(gunicorn: Callable[..., Gunicorn],
         rounds += 1
     load.join()
     tally = result["tally"]
-    assert tally.failed_requests == 0
+    assert tally.failed_requests == 0, tally.failures
 
     wait_for(lambda: landed(tally, app), 15, "the flushes to land")
     responses = scrape_together(app)
