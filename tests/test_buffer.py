@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from flagmetrics.buffer import DIGEST_SIZE, Buffer, digest_users
-from flagmetrics.stores.base import Batch, Pin
+from flagmetrics.stores.base import Batch, Pin, joined_digests
 
 
 def record(buffer: Buffer, flag_key: str, user: str | None = None, *, error: bool = False) -> None:
@@ -453,3 +453,10 @@ def test_abandon_during_a_cut_in_steps_counts_what_it_took_and_leaves_nothing_in
         loop.close()
     assert buffer.in_flight is None
     assert buffer.room == 100_000
+
+
+def test_joined_digests_joins_eight_byte_digests_and_refuses_any_other_size() -> None:
+    assert joined_digests([b"a" * 8, b"b" * 8]) in (b"a" * 8 + b"b" * 8, b"b" * 8 + b"a" * 8)
+    assert joined_digests([]) == b""
+    assert joined_digests([b"a" * 7, b"b" * 9]) is None  # the right total length, not the right sizes
+    assert joined_digests([b"a" * 16]) is None

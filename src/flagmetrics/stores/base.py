@@ -3,13 +3,37 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from flagmetrics.exceptions import StoreError
 
-__all__ = ["Batch", "FlagDelta", "FlagStats", "Pin", "Snapshot", "Store", "WindowStats", "snapshot_within"]
+__all__ = [
+    "DIGEST_SIZE",
+    "Batch",
+    "FlagDelta",
+    "FlagStats",
+    "Pin",
+    "Snapshot",
+    "Store",
+    "WindowStats",
+    "joined_digests",
+    "snapshot_within",
+]
+
+
+DIGEST_SIZE = 8
+"""Bytes of a user-id digest: 64 bits, the same width Redis's HyperLogLog hashes to."""
+
+
+def joined_digests(digests: Collection[bytes]) -> bytes | None:
+    """The digests end to end, or None unless each is `DIGEST_SIZE` bytes (checked in C loops: the total
+    length and the shortest one)."""
+    joined = b"".join(digests)
+    if len(joined) != DIGEST_SIZE * len(digests) or (digests and min(map(len, digests)) != DIGEST_SIZE):
+        return None
+    return joined
 
 
 @dataclass(slots=True)

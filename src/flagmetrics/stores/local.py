@@ -47,7 +47,7 @@ from typing import Any, Final
 
 from flagmetrics import locks, sketch
 from flagmetrics.exceptions import ConfigurationError, StoreError
-from flagmetrics.stores.base import Batch, FlagStats, Snapshot, WindowStats
+from flagmetrics.stores.base import Batch, FlagStats, Snapshot, WindowStats, joined_digests
 from flagmetrics.windows import DEFAULT_WINDOWS, Window, parse_windows
 
 __all__ = ["LocalStore"]
@@ -102,7 +102,7 @@ _COUNT_SAMPLE = "SELECT count(*) FROM users WHERE flag = ? AND variant = ? AND t
 WINDOW_SAMPLE_SIZE: Final = 16_384
 """Most users kept per window, flag and variant; past it, an adaptive sample (see `LocalStore`)."""
 WRITTEN_SLOTS: Final = 1 << 20
-"""Most slots of the table remembering the users written in the current bucket (`_Remembered`): 8 MiB."""
+"""Most slots of the table remembering the users written in the current quantum (`_Remembered`): 8 MiB."""
 _FIRST_SLOTS: Final = 1 << 16
 _U64: Final = (1 << 64) - 1
 
@@ -174,7 +174,7 @@ def _parse(
 
 
 class _Remembered:
-    """Which users of each flag and variant a process wrote rows for in one bucket: a table of 64-bit keys.
+    """Which users of each flag and variant a process wrote rows for in one quantum: a table of 64-bit keys.
 
     A key is the user's integer XOR a random salt of the flag and variant; it goes in the first free
     of two slots named by its low and its high bits (0 is free), or else pushes out the first slot's
@@ -472,14 +472,11 @@ class LocalStore:
             self._applied[batch.writer] = batch.seq
 
     def _remember(self, batch: Batch) -> dict[str, list[int]]:
-        """Record when each user of the batch was seen, per window, flag and variant served.
+        """Record when each user of the batch was seen, per flag and variant served (see `_sample`), and
+        the splits; once a minute first delete the rows no window needs, and the levels of windows left
+        without users (back to 0).
 
         Returns, per flag with users, the hashes (unsigned) of those its sketch may not hold yet.
-
-        A window, flag and variant keeps every user until it holds `window_sample_size` of them;
-        past that it keeps only the users whose digest ends in `level` zero bits (each level halves
-        the sample) and its figures are the sample's count times 2^level. The level goes back to 0
-        once the window has no user left.
         """
         db = self._database(create=True)
         assert db is not None
@@ -699,8 +696,8 @@ def _user(digest: bytes) -> int:
 
 def _users(digests: Collection[bytes]) -> list[int]:
     """User digests as SQLite's 64-bit integers (`_user` of each), in one C call for the buffer's 8-byte digests."""
-    joined = b"".join(digests)
-    if len(joined) == 8 * len(digests) and (not digests or min(map(len, digests)) == 8):
+    joined = joined_digests(digests)
+    if joined is not None:
         return list(struct.unpack(f"<{len(digests)}q", joined))
     return [_user(digest) for digest in digests]
 

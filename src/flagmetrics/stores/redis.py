@@ -51,10 +51,9 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from flagmetrics.buffer import DIGEST_SIZE
 from flagmetrics.config import redact_url
 from flagmetrics.exceptions import ConfigurationError, StoreError
-from flagmetrics.stores.base import Batch, FlagDelta, FlagStats, Pin, Snapshot, WindowStats
+from flagmetrics.stores.base import DIGEST_SIZE, Batch, FlagDelta, FlagStats, Pin, Snapshot, WindowStats, joined_digests
 from flagmetrics.windows import DEFAULT_WINDOWS, Window, parse_windows
 
 __all__ = ["GROUPS", "KeyLayout", "RedisStore"]
@@ -401,9 +400,8 @@ def _spread_tag(prefix: str, group: int) -> str:
 
 def _joined(members: Collection[bytes], flag_key: str) -> bytes:
     """User digests end to end, for the flush script to split; refused unless each is `DIGEST_SIZE` bytes."""
-    joined = b"".join(members)
-    # The total length and the shortest one together say every digest has the size (in C loops).
-    if len(joined) != DIGEST_SIZE * len(members) or (members and min(map(len, members)) != DIGEST_SIZE):
+    joined = joined_digests(members)
+    if joined is None:
         raise StoreError(
             f"user digests of {flag_key!r} must be {DIGEST_SIZE} bytes each (flagmetrics.buffer.digest_users)",
             transient=False,
