@@ -1,9 +1,10 @@
-"""flagmetrics: fleet-correct feature-flag metrics for Prometheus from Litestar apps under gunicorn.
+"""flagmetrics: fleet-correct feature-flag metrics for Prometheus from ASGI apps under gunicorn.
 
 The public API is what this package exports (`__all__`), plus these modules:
 `flagmetrics.stores` (the `Store` protocol and the stores), `flagmetrics.gunicorn` (the gunicorn
 hooks), `flagmetrics.litestar` (`FlagMetricsPlugin`), `flagmetrics.litestar_flags` (`instrument`),
-`flagmetrics.openfeature` (`MetricsHook`, `install`) and the `flagmetrics` command. Every other
+`flagmetrics.openfeature` (`MetricsHook`, `install`), `flagmetrics.asgi` (`metrics_app`,
+`lifespan`, for any ASGI framework) and the `flagmetrics` command. Every other
 module is internal and may change in any release.
 
 Names are imported on first use, so that `import flagmetrics.gunicorn` can set up the multiprocess
@@ -40,6 +41,7 @@ __all__ = [
 ]
 
 PUBLIC_MODULES = (
+    "flagmetrics.asgi",
     "flagmetrics.gunicorn",
     "flagmetrics.litestar",
     "flagmetrics.litestar_flags",

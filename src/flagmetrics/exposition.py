@@ -1,9 +1,15 @@
-"""Internal: one scrape: read the fleet snapshot (async), then merge and render in a fresh registry off the loop."""
+"""Internal: one scrape: read the fleet snapshot (async), then merge and render in a fresh registry off the loop.
+
+`reply` is the whole answer to a request for the metrics (auth, rendering, headers), shared by every
+framework integration.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry
@@ -11,9 +17,11 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import REGISTRY
 
+from flagmetrics.auth import Credentials
 from flagmetrics.collector import FleetCollector, fleet_text
 from flagmetrics.config import Settings
 from flagmetrics.exceptions import ConfigurationError, StoreError
+from flagmetrics.logs import logger
 from flagmetrics.multiprocess import FilesCollector, metrics_lock
 from flagmetrics.spool import spool_directory, spool_usage
 from flagmetrics.stores import default_store
@@ -22,7 +30,7 @@ from flagmetrics.stores.base import Snapshot, snapshot_within
 if TYPE_CHECKING:
     from flagmetrics.exporter import PrometheusExporter
 
-__all__ = ["ScrapeSource", "SpoolCollector", "encode", "render", "render_snapshot"]
+__all__ = ["Reply", "ScrapeSource", "SpoolCollector", "encode", "render", "render_snapshot", "reply"]
 
 _EOF = b"# EOF\n"
 
@@ -153,3 +161,32 @@ class ScrapeSource:
             return None
         finally:
             await store.close()
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """The answer to one request for the metrics, whatever serves it (the Litestar plugin, `flagmetrics.asgi`)."""
+
+    status: int
+    body: bytes
+    headers: tuple[tuple[str, str], ...]
+
+
+async def reply(
+    exporter: PrometheusExporter,
+    credentials: Credentials | None,
+    *,
+    authorization: str | None,
+    accept: str | None,
+) -> Reply:
+    """Check the credentials, then render a scrape; never raises (a failed render answers 500, logged)."""
+    if credentials is not None and not credentials.allows(authorization):
+        return Reply(
+            401, b"unauthorized\n", (("content-type", "text/plain"), ("www-authenticate", credentials.challenge))
+        )
+    try:
+        body, content_type = await render(exporter, accept)
+    except Exception:
+        logger.exception("flagmetrics: could not render the metrics")
+        return Reply(500, b"could not render the metrics\n", (("content-type", "text/plain"),))
+    return Reply(200, body, (("content-type", content_type), ("x-flagmetrics-worker", str(os.getpid()))))

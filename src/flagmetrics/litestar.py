@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import os
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 
+from flagmetrics.asgi import lifespan
 from flagmetrics.auth import credentials_for
 from flagmetrics.exceptions import ConfigurationError, MissingDependencyError
 
@@ -18,7 +17,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     raise MissingDependencyError("litestar", "litestar") from exc
 
 from flagmetrics.exporter import PrometheusExporter
-from flagmetrics.exposition import render
+from flagmetrics.exposition import reply
 from flagmetrics.logs import logger
 
 __all__ = ["FlagMetricsPlugin"]
@@ -92,13 +91,8 @@ class FlagMetricsPlugin(InitPlugin):
 
         instrument(plugin.client, self._exporter)
 
-    @asynccontextmanager
-    async def _lifespan(self, app: Litestar) -> AsyncIterator[None]:
-        await self._exporter.start()
-        try:
-            yield
-        finally:
-            await self._exporter.close(self._shutdown_timeout_s)
+    def _lifespan(self, app: Litestar) -> AbstractAsyncContextManager[None]:
+        return lifespan(self._exporter, shutdown_timeout_s=self._shutdown_timeout_s)(app)
 
     def _route(self, path: str) -> HTTPRouteHandler:
         exporter = self._exporter
@@ -106,22 +100,13 @@ class FlagMetricsPlugin(InitPlugin):
 
         @get(path, include_in_schema=False, name="flagmetrics")
         async def metrics(request: Request) -> Response[bytes]:  # type: ignore[type-arg]
-            if credentials is not None and not credentials.allows(request.headers.get("authorization")):
-                return Response(
-                    b"unauthorized\n",
-                    status_code=401,
-                    media_type="text/plain",
-                    headers={"www-authenticate": credentials.challenge},
-                )
-            try:
-                body, content_type = await render(exporter, request.headers.get("accept"))
-            except Exception:
-                logger.exception("flagmetrics: could not render the metrics")
-                return Response(b"could not render the metrics\n", status_code=500, media_type="text/plain")
-            # Given as a header so that Litestar does not append a second charset.
-            return Response(
-                body,
-                headers={"content-type": content_type, "x-flagmetrics-worker": str(os.getpid())},
+            answer = await reply(
+                exporter,
+                credentials,
+                authorization=request.headers.get("authorization"),
+                accept=request.headers.get("accept"),
             )
+            # The content type is given as a header so that Litestar does not append a second charset.
+            return Response(answer.body, status_code=answer.status, headers=dict(answer.headers))
 
         return metrics
