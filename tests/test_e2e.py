@@ -1,4 +1,8 @@
-"""End to end: gunicorn with 4 uvicorn workers, known traffic, scrapes answered by several workers."""
+"""End to end: gunicorn with 4 uvicorn workers, known traffic, scrapes answered by several workers.
+
+Each test runs both examples: Litestar with litestar-flags (`flagmetrics.litestar`) and FastAPI with
+OpenFeature (`flagmetrics.asgi`); they serve the same flags on the same routes.
+"""
 
 from __future__ import annotations
 
@@ -15,18 +19,20 @@ pytestmark = pytest.mark.e2e
 
 USERS = 1_200
 SCRAPES = 12
+APPS = pytest.mark.parametrize("example", ["examples.app:app", "examples.fastapi_app:app"], ids=["litestar", "fastapi"])
 
 
+@APPS
 @pytest.mark.parametrize("store", ["redis", "local"])
 def test_every_worker_reports_the_fleet_truth(
-    store: str, gunicorn: Callable[..., Gunicorn], request: pytest.FixtureRequest
+    example: str, store: str, gunicorn: Callable[..., Gunicorn], request: pytest.FixtureRequest
 ) -> None:
     """4 workers, 1,200 users: every scrape, whichever worker answers, shows exact fleet figures."""
     env = {}
     if store == "redis":
         redis_server: RedisServer = request.getfixturevalue("redis_server")
         env["FLAGMETRICS_REDIS_URL"] = redis_server.url
-    app = gunicorn(**env)
+    app = gunicorn(example, **env)
     requests = list(plan(USERS))
     tally = asyncio.run(send(app.url, requests))
     assert tally.failed_requests == 0
@@ -51,10 +57,11 @@ def test_every_worker_reports_the_fleet_truth(
     assert answered_by <= {str(pid) for pid in app.worker_pids()}
 
 
-def test_scrape_passes_promtool(gunicorn: Callable[..., Gunicorn]) -> None:
+@APPS
+def test_scrape_passes_promtool(example: str, gunicorn: Callable[..., Gunicorn]) -> None:
     """A real scrape of the gunicorn-served app is clean for `promtool check metrics`."""
     require_binary("promtool", "prometheus")  # skip before starting anything
-    app = gunicorn()
+    app = gunicorn(example)
     tally = asyncio.run(send(app.url, list(plan(200))))
     wait_for(lambda: landed(tally, app), 15, "the workers' flushes to land")
     body = app.scrape().content
