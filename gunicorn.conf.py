@@ -1,6 +1,7 @@
 """Gunicorn settings: uvicorn workers with flagmetrics' multiprocess hooks.
 
-    gunicorn -c gunicorn.conf.py examples.app:app
+    gunicorn -c gunicorn.conf.py examples.app:app          # Litestar with litestar-flags
+    gunicorn -c gunicorn.conf.py examples.fastapi_app:app  # FastAPI with OpenFeature
 
 Environment: BIND (default 127.0.0.1:8000), WEB_CONCURRENCY (workers, default 4), MAX_REQUESTS
 (recycle a worker after that many requests, default 0: never), PROMETHEUS_MULTIPROC_DIR (default: a
