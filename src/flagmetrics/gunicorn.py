@@ -2,7 +2,7 @@
 
 Import this module first in gunicorn.conf.py: on import it sets PROMETHEUS_MULTIPROC_DIR (to a fresh
 temporary directory when unset), and it refuses to go on when prometheus_client was imported before,
-because every worker would then keep values nobody else can see::
+because every worker would then keep values nobody else can see. Its first line:
 
     from flagmetrics.gunicorn import child_exit, on_exit, on_starting, post_fork, when_ready
 

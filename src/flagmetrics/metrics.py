@@ -78,7 +78,7 @@ class Metrics:
                 ),
                 invalid_events=Counter(
                     f"{prefix}flagmetrics_invalid_events",
-                    "Evaluation events with a defect, by the defect; see the README for what is kept",
+                    "Evaluation events with a defect, by the defect (the metrics reference says what is kept)",
                     labelnames=("defect",),
                     registry=reg,
                 ),
