@@ -1,4 +1,4 @@
-"""flagmetrics.config: `Settings.from_env`, overrides and validation."""
+"""flagmetrics.config: `Settings.from_env`, overrides and validation, and reading `redis_sentinel`."""
 
 from __future__ import annotations
 
@@ -7,7 +7,15 @@ from typing import Any
 
 import pytest
 
-from flagmetrics.config import Settings, metric_prefix, redact_url
+from flagmetrics.config import (
+    SENTINEL_PORT,
+    SentinelSpec,
+    Settings,
+    metric_prefix,
+    parse_sentinel,
+    redact_sentinel,
+    redact_url,
+)
 from flagmetrics.exceptions import ConfigurationError, FlagMetricsError
 
 pytestmark = pytest.mark.usefixtures("clean_env")
@@ -247,3 +255,153 @@ def test_metric_prefix_rejects_what_is_not_a_name_naming_the_argument(prefix: An
 )
 def test_redact_url_hides_the_password(url: str, shown: str) -> None:
     assert redact_url(url) == shown
+
+
+# -- Redis Sentinel -----------------------------------------------------------------------------------------
+
+SENTINEL_PASSWORD = "pw-s3cret-5be1"
+
+
+def test_sentinel_settings_default_to_none_and_mymaster() -> None:
+    settings = Settings()
+    assert (settings.redis_sentinel, settings.redis_sentinel_master, settings.redis_sentinel_password) == (
+        None,
+        "mymaster",
+        None,
+    )
+    assert not settings.uses_redis
+
+
+def test_from_env_reads_the_sentinel_variables() -> None:
+    env = {
+        "FLAGMETRICS_REDIS_SENTINEL": "s1:26379,s2:26379",
+        "FLAGMETRICS_REDIS_SENTINEL_MASTER": "cache",
+        "FLAGMETRICS_REDIS_SENTINEL_PASSWORD": SENTINEL_PASSWORD,
+    }
+    settings = Settings.from_env(env)
+    assert (settings.redis_sentinel, settings.redis_sentinel_master, settings.redis_sentinel_password) == (
+        "s1:26379,s2:26379",
+        "cache",
+        SENTINEL_PASSWORD,
+    )
+    assert settings.uses_redis
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("s1:26379,s2:26380", SentinelSpec((("s1", 26379), ("s2", 26380)))),
+        (" s1 , s2:1 ", SentinelSpec((("s1", SENTINEL_PORT), ("s2", 1)))),
+        ("[::1]:26379,[fd00::2]", SentinelSpec((("::1", 26379), ("fd00::2", SENTINEL_PORT)))),
+        ("redis://s1:26379,[::1]:26380", SentinelSpec((("s1", 26379), ("::1", 26380)), url=True)),
+        (
+            f"redis://:{SENTINEL_PASSWORD}@s1:26379,s2:26379/3",
+            SentinelSpec((("s1", 26379), ("s2", 26379)), password=SENTINEL_PASSWORD, db=3, url=True),
+        ),
+        (
+            "rediss://app:p%40ss%2Fword@s1/0?ssl_cert_reqs=none",
+            SentinelSpec(
+                (("s1", SENTINEL_PORT),), "app", "p@ss/word", db=0, ssl=True, query="ssl_cert_reqs=none", url=True
+            ),
+        ),
+        ("redis://app@s1:26379", SentinelSpec((("s1", 26379),), username="app", url=True)),
+    ],
+    ids=["plain", "spaces-and-default-port", "ipv6", "url", "url-with-password-and-db", "tls-user-query", "user"],
+)
+def test_parse_sentinel_reads_every_form(text: str, expected: SentinelSpec) -> None:
+    assert parse_sentinel(text) == expected
+    assert parse_sentinel(text).password == expected.password  # left out of the comparison's repr only
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("", "`redis_sentinel` names no sentinel"),
+        (" , ", "`redis_sentinel` names a bad sentinel address ''"),
+        ("s1:26379,,s2:26379", "`redis_sentinel` names a bad sentinel address ''"),
+        ("s1:0", "`redis_sentinel` names a bad port '0' for 's1' (1-65535)"),
+        ("s1:65536", "`redis_sentinel` names a bad port '65536'"),
+        ("s1:port", "`redis_sentinel` names a bad port 'port'"),
+        ("s1:-1", "`redis_sentinel` names a bad port '-1'"),
+        ("::1:26379", "`redis_sentinel` names a bad sentinel address '::1:26379' (host:port, IPv6 in brackets"),
+        ("[::1:26379", "`redis_sentinel` names a bad sentinel address '[::1:26379'"),
+        ("[not-ipv6]:26379", "`redis_sentinel` names a bad sentinel address '[not-ipv6]:26379'"),
+        ("[::1]26379", "`redis_sentinel` names a bad sentinel address '[::1]26379'"),
+        ("s 1:26379", "`redis_sentinel` names a bad sentinel address 's 1:26379'"),
+        ("http://s1:26379", "`redis_sentinel` must be sentinels as host:port,host:port or a redis:// or rediss://"),
+        ("unix:///run/sentinel.sock", "`redis_sentinel` must be sentinels as host:port,host:port or a redis://"),
+        ("redis:///0", "`redis_sentinel` names no sentinel"),
+        ("redis://s1:26379/db", "`redis_sentinel` names a bad database, a whole number as in /0"),
+        ("redis://s1:26379#x", "`redis_sentinel` holds a '#': percent-encode it as %23"),
+        (3, "`redis_sentinel` must be a string"),
+    ],
+)
+def test_invalid_redis_sentinel_names_the_setting(value: Any, message: str) -> None:
+    with pytest.raises(ConfigurationError) as raised:
+        Settings(redis_sentinel=value)
+    assert str(raised.value).startswith(message)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        f"redis://:{SENTINEL_PASSWORD}@s1:port/0",
+        f"redis://:{SENTINEL_PASSWORD}@s1:26379/zero",
+        f"redis://user:{SENTINEL_PASSWORD}@/0",
+        f"redis://:{SENTINEL_PASSWORD.replace('-', '/')}@s1:26379/0",
+        f"redis://:{SENTINEL_PASSWORD.replace('-', '#')}@s1:26379/0",
+        f"http://:{SENTINEL_PASSWORD}@s1:26379",
+        f"redis://s1:26379/0?password={SENTINEL_PASSWORD}#",
+    ],
+    ids=["bad-port", "bad-db", "no-host", "unencoded-slash", "unencoded-hash", "http", "query"],
+)
+def test_an_invalid_sentinel_url_never_shows_its_password(value: str) -> None:
+    with pytest.raises(ConfigurationError) as raised:
+        Settings(redis_sentinel=value)
+    for part in (SENTINEL_PASSWORD, *SENTINEL_PASSWORD.split("-")[1:]):
+        assert part not in str(raised.value)
+
+
+def test_redis_sentinel_with_redis_url_says_which_to_drop() -> None:
+    with pytest.raises(ConfigurationError) as raised:
+        Settings.from_env({"FLAGMETRICS_REDIS_SENTINEL": "s1:26379", "FLAGMETRICS_REDIS_URL": "redis://h:6379/0"})
+    assert str(raised.value) == (
+        "`redis_sentinel` and `redis_url` name two stores: drop `redis_url` (FLAGMETRICS_REDIS_URL) to reach the "
+        "master through its sentinels, or `redis_sentinel` (FLAGMETRICS_REDIS_SENTINEL)"
+    )
+
+
+def test_redis_sentinel_with_redis_cluster_says_to_drop_the_cluster() -> None:
+    with pytest.raises(ConfigurationError, match=r"drop `redis_cluster` \(FLAGMETRICS_REDIS_CLUSTER\)$"):
+        Settings(redis_sentinel="s1:26379", redis_cluster=True)
+
+
+@pytest.mark.parametrize("name", ["", "my master", "tab\tname", 3])
+def test_invalid_redis_sentinel_master(name: Any) -> None:
+    with pytest.raises(ConfigurationError, match="`redis_sentinel_master` must be the master's service name"):
+        Settings(redis_sentinel="s1:26379", redis_sentinel_master=name)
+
+
+def test_a_sentinel_password_without_sentinels_says_what_to_set() -> None:
+    with pytest.raises(ConfigurationError, match="`redis_sentinel_password` needs `redis_sentinel`"):
+        Settings.from_env({"FLAGMETRICS_REDIS_SENTINEL_PASSWORD": SENTINEL_PASSWORD})
+
+
+def test_the_sentinel_password_is_left_out_of_the_settings_repr() -> None:
+    settings = Settings(redis_sentinel="s1:26379", redis_sentinel_password=SENTINEL_PASSWORD)
+    assert SENTINEL_PASSWORD not in repr(settings)
+    assert SENTINEL_PASSWORD not in repr(parse_sentinel(f"redis://:{SENTINEL_PASSWORD}@s1"))
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("s1:26379,[::1]:26379", "s1:26379,[::1]:26379"),
+        (f"redis://:{SENTINEL_PASSWORD}@s1:26379,s2:26379/0", "redis://:***@s1:26379,s2:26379/0"),
+        (f"rediss://app:{SENTINEL_PASSWORD}@s1/0", "rediss://app:***@s1/0"),
+        (f"redis://s1/0?password={SENTINEL_PASSWORD}&db=1", "redis://s1/0?password=***&db=1"),
+        (f"redis://app:{SENTINEL_PASSWORD.replace('-', '/?')}@s1/0", "redis://app:***@s1/0"),
+    ],
+)
+def test_redact_sentinel_hides_the_masters_password(text: str, shown: str) -> None:
+    assert redact_sentinel(text) == shown

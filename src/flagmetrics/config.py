@@ -2,20 +2,33 @@
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from flagmetrics.exceptions import ConfigurationError
 from flagmetrics.windows import DEFAULT_WINDOWS, parse_windows
 
-__all__ = ["DEFAULT_SPOOL_MAX_BYTES", "Settings", "metric_prefix", "redact_url"]
+__all__ = [
+    "DEFAULT_SPOOL_MAX_BYTES",
+    "SENTINEL_PORT",
+    "SentinelSpec",
+    "Settings",
+    "metric_prefix",
+    "parse_sentinel",
+    "redact_sentinel",
+    "redact_url",
+]
 
 DEFAULT_SPOOL_MAX_BYTES = 256 * 1024 * 1024
 """Default bound of a spool directory: 256 MiB."""
+
+SENTINEL_PORT = 26379
+"""The port of a sentinel named without one."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +40,18 @@ class Settings:
 
     redis_cluster: bool = False
     """`redis_url` names a node of a Redis Cluster: use redis-py's cluster client."""
+
+    redis_sentinel: str | None = None
+    """The Redis Sentinels of the master holding the fleet state, instead of `redis_url`: `host:port,host:port`
+    (IPv6 in brackets, `[::1]:26379`; port 26379 when left out), or the URL form
+    `redis://[[user]:password@]host1:26379,host2:26379[/db]` (`rediss://` for TLS) whose credentials,
+    database and TLS are the master's."""
+
+    redis_sentinel_master: str = "mymaster"
+    """The master's service name, as in the sentinels' `sentinel monitor <name> ...`."""
+
+    redis_sentinel_password: str | None = field(default=None, repr=False)
+    """The sentinels' own password (their `requirepass`), when they have one; the master's goes in `redis_sentinel`."""
 
     key_prefix: str = "flagmetrics"
     """Prefix of every Redis key (the local store keeps its files in the multiprocess directory)."""
@@ -82,11 +107,11 @@ class Settings:
         """Read `FLAGMETRICS_*` variables, then apply explicit overrides that are not None."""
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
-        for field in fields(cls):
-            raw = env.get(f"FLAGMETRICS_{field.name.upper()}")
+        for setting in fields(cls):
+            raw = env.get(f"FLAGMETRICS_{setting.name.upper()}")
             if raw is None or raw == "":
                 continue
-            values[field.name] = _parse(field.name, raw, field.type)
+            values[setting.name] = _parse(setting.name, raw, setting.type)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
@@ -121,6 +146,7 @@ class Settings:
             )
         if not isinstance(self.redis_cluster, bool):
             raise ConfigurationError(f"`redis_cluster` must be True or False, got {self.redis_cluster!r}")
+        self._check_sentinel()
         if self.redis_cluster and not self.redis_url:
             raise ConfigurationError(
                 "`redis_cluster` needs `redis_url` (FLAGMETRICS_REDIS_URL) naming a node of the cluster"
@@ -129,6 +155,43 @@ class Settings:
         retention = self.retention_s
         if retention is not None and (isinstance(retention, bool) or not isinstance(retention, int) or retention < 1):
             raise ConfigurationError(f"`retention_s` must be a positive whole number of seconds, got {retention!r}")
+
+    def _check_sentinel(self) -> None:
+        """Raise `ConfigurationError` for Sentinel settings that do not parse or name a second store."""
+        if self.redis_sentinel is not None:  # "" as well: an empty setting is a mistake, not "no sentinels"
+            if not isinstance(self.redis_sentinel, str):
+                raise ConfigurationError(
+                    f"`redis_sentinel` must be a string like 'host1:26379,host2:26379', got {self.redis_sentinel!r}"
+                )
+            parse_sentinel(self.redis_sentinel, setting="redis_sentinel")
+            if self.redis_url:
+                raise ConfigurationError(
+                    "`redis_sentinel` and `redis_url` name two stores: drop `redis_url` (FLAGMETRICS_REDIS_URL) to "
+                    "reach the master through its sentinels, or `redis_sentinel` (FLAGMETRICS_REDIS_SENTINEL)"
+                )
+            if self.redis_cluster:
+                raise ConfigurationError(
+                    "`redis_sentinel` and `redis_cluster` do not go together (a Redis Cluster fails over by "
+                    "itself, without sentinels): drop `redis_cluster` (FLAGMETRICS_REDIS_CLUSTER)"
+                )
+        master = self.redis_sentinel_master
+        if not isinstance(master, str) or not master or any(c.isspace() for c in master):
+            raise ConfigurationError(
+                "`redis_sentinel_master` must be the master's service name in the sentinels' configuration "
+                f"(`sentinel monitor <name> ...`), got {master!r}"
+            )
+        password = self.redis_sentinel_password
+        if password is not None and not isinstance(password, str):
+            raise ConfigurationError("`redis_sentinel_password` must be a string")
+        if password and self.redis_sentinel is None:
+            raise ConfigurationError(
+                "`redis_sentinel_password` needs `redis_sentinel` (FLAGMETRICS_REDIS_SENTINEL) naming the sentinels"
+            )
+
+    @property
+    def uses_redis(self) -> bool:
+        """Whether the fleet state is in Redis: `redis_url` or `redis_sentinel` is set."""
+        return bool(self.redis_url or self.redis_sentinel)
 
     def with_(self, **changes: Any) -> Settings:
         """Return a copy with the fields given changed, validated."""
@@ -158,6 +221,113 @@ def redact_url(url: str) -> str:
         "password=***" if item.partition("=")[0].lower() == "password" else item for item in parts.query.split("&")
     )
     return parts._replace(netloc=netloc, query=query).geturl()
+
+
+@dataclass(frozen=True, slots=True)
+class SentinelSpec:
+    """The sentinels a setting names, and from its URL form the master's credentials, database and TLS."""
+
+    addresses: tuple[tuple[str, int], ...]
+    """Each sentinel's host (an IPv6 address without its brackets) and port."""
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    db: int = 0
+    ssl: bool = False
+    query: str = ""
+    """The URL's query: further options of the master's connections, read as redis-py reads a URL's."""
+    url: bool = False
+    """Whether the setting was in the URL form."""
+
+
+def parse_sentinel(text: str, *, setting: str = "redis_sentinel") -> SentinelSpec:
+    """Read `host:port,host:port` or `redis://[[user]:password@]host1:port1,host2:port2[/db]` (`rediss://`: TLS).
+
+    IPv6 addresses go in brackets (`[::1]:26379`); a sentinel named without a port is on 26379. Raises
+    `ConfigurationError` naming `setting`, never showing a password.
+    """
+    shown = redact_sentinel(text)
+    hosts, spec = text.strip(), SentinelSpec(())
+    scheme, sep, rest = hosts.partition("://")
+    if sep:
+        if scheme.lower() not in ("redis", "rediss"):
+            raise ConfigurationError(
+                f"`{setting}` must be sentinels as host:port,host:port or a redis:// or rediss:// URL, got {shown!r}"
+            )
+        if "#" in rest:
+            raise ConfigurationError(f"`{setting}` holds a '#': percent-encode it as %23 (in a password, say)")
+        end = min((rest.find(c) for c in "/?" if c in rest), default=len(rest))
+        netloc, path = rest[:end], rest[end:]
+        path, _, query = path.partition("?")
+        auth, at, hosts = netloc.rpartition("@")
+        username, colon, password = auth.partition(":")
+        database = path.strip("/")
+        if database and not database.isdigit():
+            raise ConfigurationError(f"`{setting}` names a bad database, a whole number as in /0, in {shown!r}")
+        spec = SentinelSpec(
+            (),
+            username=unquote(username) if at and username else None,
+            password=unquote(password) if colon and password else None,
+            db=int(database or 0),
+            ssl=scheme.lower() == "rediss",
+            query=query,
+            url=True,
+        )
+    if not hosts.strip():
+        raise ConfigurationError(f"`{setting}` names no sentinel: give them as host:port,host:port, got {shown!r}")
+    addresses = [_sentinel_address(item.strip(), setting, shown, echo=not spec.url) for item in hosts.split(",")]
+    return replace(spec, addresses=tuple(addresses))
+
+
+def _sentinel_address(item: str, setting: str, shown: str, *, echo: bool) -> tuple[str, int]:
+    """One sentinel's `host:port`, `host`, `[ipv6]:port` or `[ipv6]` as (host, port).
+
+    With `echo` false (the URL form, where a badly encoded password may end up in the hosts) the
+    message names the redacted setting, not the address.
+    """
+    named = f" {item!r}" if echo else ""
+    bad = ConfigurationError(
+        f"`{setting}` names a bad sentinel address{named} (host:port, IPv6 in brackets: [::1]:26379) in {shown!r}"
+    )
+    if item.startswith("["):
+        host, bracket, rest = item[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise bad
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise bad from None
+        port = rest[1:] if rest else str(SENTINEL_PORT)
+    else:
+        host, colon, port = item.partition(":")
+        port = port if colon else str(SENTINEL_PORT)
+        if ":" in port:  # an IPv6 address without its brackets
+            raise bad
+    if not host or any(c.isspace() or c in "/@[]" for c in host):
+        raise bad
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigurationError(
+            f"`{setting}` names a bad port{f' {port!r} for {host!r}' if echo else ''} (1-65535) in {shown!r}"
+        )
+    return host, int(port)
+
+
+def redact_sentinel(text: str) -> str:
+    """Return a `redis_sentinel` setting with the password of its URL form shown as `***`.
+
+    Everything between the user name and the last `@` counts as the password, so that one with an
+    unencoded `/`, `?` or `#` is hidden too.
+    """
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        return text
+    auth, at, tail = rest.rpartition("@")
+    if at and ":" in auth:
+        auth = auth.partition(":")[0] + ":***"
+    head, question, query = tail.partition("?")
+    query = "&".join(
+        "password=***" if item.partition("=")[0].lower() == "password" else item for item in query.split("&")
+    )
+    return f"{scheme}{sep}{auth}{at}{head}{question}{query}"
 
 
 def _parse(name: str, raw: str, annotation: Any) -> Any:
