@@ -1,8 +1,8 @@
 """Fleet stores: the state every worker and host shares (unique users, error counts).
 
 `Store` is the protocol every store implements; `LocalStore` keeps the state of one host and
-`RedisStore` that of a whole fleet. `RedisStore` is imported on first use, so that the default
-local path never loads redis-py.
+`RedisStore` that of a whole fleet (in Redis, Redis behind Sentinel, or Redis Cluster). `RedisStore`
+is imported on first use, so that the default local path never loads redis-py.
 """
 
 from __future__ import annotations
@@ -33,7 +33,18 @@ __all__ = [
 
 
 def default_store(settings: Settings, multiprocess_dir: str | None) -> Store:
-    """The store used when none is given: Redis when `redis_url` is set, else local to this host."""
+    """The store used when none is given: Redis when `redis_url` or `redis_sentinel` is set, else local to this host."""
+    if settings.redis_sentinel:
+        from flagmetrics.stores.redis import RedisStore
+
+        return RedisStore.from_sentinel(
+            settings.redis_sentinel,
+            settings.redis_sentinel_master,
+            key_prefix=settings.key_prefix,
+            retention_s=settings.retention_s,
+            windows=settings.windows,
+            sentinel_password=settings.redis_sentinel_password,
+        )
     if settings.redis_url:
         from flagmetrics.stores.redis import RedisStore
 

@@ -1,4 +1,4 @@
-"""Internal: `RedisStore`, the fleet state in Redis or Redis Cluster, shared by every worker of every host.
+"""Internal: `RedisStore`, the fleet state in Redis, Redis behind Sentinel or Redis Cluster, shared by the fleet.
 
 Key layout (see `KeyLayout`): flags are spread over `GROUPS` groups by a hash of their key, and every
 key of a group starts with the group's hash tag, `{<prefix>:<n>}`, so a group lives in one slot of a
@@ -19,7 +19,8 @@ the windows are written and read by the scripts only.
 A flush runs one script per group it touches; a scrape runs two per group (list the flags with the
 group's counts, then count each flag's users). On a single node all of a round's scripts go in
 one pipeline (one round trip); on a cluster they run concurrently, each routed by redis-py's
-cluster client to its slot's master.
+cluster client to its slot's master. Behind Sentinel the master is a single node that redis-py's
+sentinel connection pool finds (and finds again after a failover) by asking the sentinels.
 """
 
 from __future__ import annotations
@@ -36,7 +37,9 @@ from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.connection import parse_url
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialBackoff
 from redis.commands.core import AsyncScript
 from redis.crc import key_slot
@@ -51,7 +54,7 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from flagmetrics.config import redact_url
+from flagmetrics.config import SentinelSpec, parse_sentinel, redact_sentinel, redact_url
 from flagmetrics.exceptions import ConfigurationError, StoreError
 from flagmetrics.stores.base import DIGEST_SIZE, Batch, FlagDelta, FlagStats, Pin, Snapshot, WindowStats, joined_digests
 from flagmetrics.windows import DEFAULT_WINDOWS, Window, parse_windows
@@ -320,14 +323,16 @@ return 1
 """
 
 _SCHEMES: Final = ("redis", "rediss", "unix")
+_HEALTH_CHECK_INTERVAL_S: Final = 30  # a connection idle for longer is checked with a PING before use
 _LAYOUT_CHECK_INTERVAL_S: Final = 60.0  # how often a store looks for keys of the old layout
 # Errors of an outage or a failover, after redis-py's own retries: the batch is kept and sent again.
 _TRANSIENT: Final = (
     RedisConnectionError,
     RedisTimeoutError,
+    MasterNotFoundError,  # no sentinel names a master that is up: Sentinel is failing over (a ConnectionError)
+    ReadOnlyError,  # a demoted master, or a node that is a replica now
     ClusterDownError,
     TryAgainError,
-    ReadOnlyError,
     RedisClusterException,  # no node reachable, slots not covered: the cluster is failing over or down
 )
 
@@ -484,16 +489,9 @@ class RedisStore:
             raise ConfigurationError(f"`url` must start with {schemes}, got {redact_url(url)!r}")
         if parts.scheme != "unix" and not parts.hostname:
             raise ConfigurationError(f"`url` names no host: {redact_url(url)!r}")
-        if not (math.isfinite(timeout_s) and timeout_s > 0):
-            raise ConfigurationError(f"`timeout_s` must be a positive number of seconds, got {timeout_s!r}")
-        options: dict[str, Any] = {
-            "socket_timeout": timeout_s,
-            "socket_connect_timeout": timeout_s,
-            # Backoff between retries: 20 ms doubling, at most 0.5 s.
-            "retry": Retry(ExponentialBackoff(cap=0.5, base=0.02), retries),
-        }
+        options = _client_options(timeout_s, retries)
         if not cluster:
-            options["health_check_interval"] = 30
+            options["health_check_interval"] = _HEALTH_CHECK_INTERVAL_S
         options.update(client_kwargs)
         options["decode_responses"] = False
         client: aioredis.Redis | RedisCluster
@@ -504,6 +502,85 @@ class RedisStore:
                 client = aioredis.Redis.from_url(url, **options)
         except (ValueError, TypeError, RedisClusterException) as exc:
             raise ConfigurationError(f"`url` {redact_url(url)!r} is not a valid Redis URL: {exc}") from exc
+        return cls(client, key_prefix=key_prefix, retention_s=retention_s, windows=windows)
+
+    @classmethod
+    def from_sentinel(
+        cls,
+        sentinels: Sequence[tuple[str, int]] | str,
+        service_name: str = "mymaster",
+        *,
+        key_prefix: str = "flagmetrics",
+        retention_s: int | None = None,
+        windows: str = DEFAULT_WINDOWS,
+        timeout_s: float = 1.0,
+        retries: int = 2,
+        password: str | None = None,
+        username: str | None = None,
+        db: int = 0,
+        ssl: bool = False,
+        sentinel_password: str | None = None,
+        **client_kwargs: Any,
+    ) -> RedisStore:
+        """Connect lazily to the master the sentinels name for `service_name`, following it through failovers.
+
+        redis-py's `Sentinel.master_for` gives the client: each new connection asks the sentinels where
+        the master is, and a connection to a master demoted by a failover is dropped, so the next
+        attempt (a retry, or the next flush) goes to the new one.
+
+        Args:
+            sentinels: The sentinels as `(host, port)` pairs, or as a string: `host:port,host:port`
+                (IPv6 in brackets, port 26379 when left out), or `redis://[[user]:password@]host1:26379,
+                host2:26379[/db]` (`rediss://` for TLS) whose credentials, database, TLS and query options
+                are the master's. Name every sentinel, so that a process starting while one is down
+                still finds the master.
+            service_name: The master's name in the sentinels' `sentinel monitor <name> ...`.
+            timeout_s: Socket connect and read timeout in seconds, of the master and of each sentinel.
+            retries: Retries of a failed command, with redis-py's exponential backoff; each one asks
+                the sentinels for the master again.
+            password: The master's password (AUTH); `username` for an ACL user.
+            db: The master's database number.
+            ssl: Connect to the master over TLS (options such as `ssl_ca_certs` go in `client_kwargs`).
+            sentinel_password: The sentinels' own password (their `requirepass`), when they have one.
+            client_kwargs: Passed on to `Sentinel.master_for`: options of the master's connections.
+        """
+        spec: SentinelSpec | None = None
+        if isinstance(sentinels, str):
+            spec = parse_sentinel(sentinels, setting="sentinels")
+            addresses = list(spec.addresses)
+        else:
+            addresses = _addresses(sentinels)
+        if not isinstance(service_name, str) or not service_name or any(c.isspace() for c in service_name):
+            raise ConfigurationError(
+                "`service_name` must be the master's name in the sentinels' configuration "
+                f"(`sentinel monitor <name> ...`), got {service_name!r}"
+            )
+        if isinstance(db, bool) or not isinstance(db, int) or db < 0:
+            raise ConfigurationError(f"`db` must be a database number (0 or more), got {db!r}")
+        options = _client_options(timeout_s, retries)
+        options["health_check_interval"] = _HEALTH_CHECK_INTERVAL_S
+        options.update({"password": password, "username": username, "db": db, "ssl": ssl})
+        if spec is not None and spec.url:
+            given = [name for name, value in (("password", password), ("username", username)) if value is not None]
+            given += ["db"] * (db != 0) + ["ssl"] * bool(ssl)
+            if given:
+                raise ConfigurationError(
+                    f"`{given[0]}` given with a `sentinels` URL, which carries the master's credentials, database "
+                    f"and TLS: give them in the URL or as arguments, not both ({redact_sentinel(str(sentinels))!r})"
+                )
+            options.update({"db": spec.db, "ssl": spec.ssl})
+            # As redis-py reads a URL: the query's options (its `db` over the path's), then the user part's credentials.
+            options.update(_query_options(spec.query, str(sentinels)))
+            options.update({k: v for k, v in (("username", spec.username), ("password", spec.password)) if v})
+        options.update(client_kwargs)
+        options["decode_responses"] = False
+        # The sentinels take the master's socket timeouts (as redis-py's `Sentinel` does by default) and
+        # their own password; redis-py gives them no retries, as it moves on to the next sentinel instead.
+        sentinel_kwargs: dict[str, Any] = {k: v for k, v in options.items() if k.startswith("socket_")}
+        if sentinel_password is not None:
+            sentinel_kwargs["password"] = sentinel_password
+        sentinel = Sentinel(addresses, sentinel_kwargs=sentinel_kwargs)
+        client = sentinel.master_for(service_name, **options)
         return cls(client, key_prefix=key_prefix, retention_s=retention_s, windows=windows)
 
     @property
@@ -517,8 +594,11 @@ class RedisStore:
         delivers spooled batches only to the store they were written for."""
         if isinstance(self._client, RedisCluster):
             where = "cluster:" + ",".join(sorted(self._client.nodes_manager.startup_nodes))
+        elif isinstance(pool := self._client.connection_pool, SentinelConnectionPool):
+            sentinels = ",".join(_sentinel_addresses(pool))
+            where = f"sentinel:{pool.service_name}@{sentinels}/{pool.connection_kwargs.get('db', 0)}"
         else:
-            kwargs = self._client.connection_pool.connection_kwargs
+            kwargs = pool.connection_kwargs
             address = kwargs.get("path") or f"{kwargs.get('host')}:{kwargs.get('port')}"
             where = f"redis:{address}/{kwargs.get('db', 0)}"
         return f"{where}:{self._layout.prefix}"
@@ -705,8 +785,12 @@ class RedisStore:
         await self._run(calls, "reset the fleet state")
 
     async def close(self) -> None:
-        """Close the connections."""
+        """Close the connections (behind Sentinel, the sentinels' too)."""
         await self._client.aclose()
+        if isinstance(self._client, aioredis.Redis) and isinstance(
+            pool := self._client.connection_pool, SentinelConnectionPool
+        ):
+            await pool.sentinel_manager.aclose()
 
     async def _run(self, calls: Sequence[_Call], doing: str, *, refusals: bool = False) -> list[Any]:
         """Run scripts: in one pipeline on a single node, concurrently on a cluster; raise `StoreError`.
@@ -825,8 +909,77 @@ class RedisStore:
             raise StoreError(f"could not move the old keys to the new layout: {exc}", transient=False) from exc
 
     def __repr__(self) -> str:
-        kind = "cluster" if self._cluster else "single node"
+        if isinstance(self._client, RedisCluster):
+            kind = "cluster"
+        elif isinstance(pool := self._client.connection_pool, SentinelConnectionPool):
+            kind = f"sentinel master {pool.service_name!r} at {','.join(_sentinel_addresses(pool))}"
+        else:
+            kind = "single node"
         return f"RedisStore(key_prefix={self._layout.prefix!r}, {kind})"
+
+
+def _client_options(timeout_s: float, retries: int) -> dict[str, Any]:
+    """The timeouts and retries of every client a store builds; raise `ConfigurationError` for bad ones."""
+    if (
+        isinstance(timeout_s, bool)
+        or not isinstance(timeout_s, int | float)
+        or not (math.isfinite(timeout_s) and timeout_s > 0)
+    ):
+        raise ConfigurationError(f"`timeout_s` must be a positive number of seconds, got {timeout_s!r}")
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise ConfigurationError(f"`retries` must be a whole number, 0 or more, got {retries!r}")
+    return {
+        "socket_timeout": timeout_s,
+        "socket_connect_timeout": timeout_s,
+        # Backoff between retries: 20 ms doubling, at most 0.5 s.
+        "retry": Retry(ExponentialBackoff(cap=0.5, base=0.02), retries),
+    }
+
+
+def _addresses(sentinels: Sequence[tuple[str, int]]) -> list[tuple[str, int]]:
+    """The sentinels given as `(host, port)` pairs, checked."""
+    pairs = list(sentinels) if isinstance(sentinels, Sequence) else []
+    if not pairs:
+        raise ConfigurationError(
+            "`sentinels` must name at least one sentinel, as (host, port) pairs or 'host:port,host:port', "
+            f"got {sentinels!r}"
+        )
+    for pair in pairs:
+        if not (
+            isinstance(pair, tuple | list)
+            and len(pair) == 2
+            and isinstance(pair[0], str)
+            and pair[0]
+            and isinstance(pair[1], int)
+            and not isinstance(pair[1], bool)
+            and 0 < pair[1] < 65536
+        ):
+            raise ConfigurationError(
+                f"`sentinels` must be (host, port) pairs with a port of 1-65535, got {pair!r} in {sentinels!r}"
+            )
+    return [(host, port) for host, port in pairs]
+
+
+def _query_options(query: str, sentinels: str) -> dict[str, Any]:
+    """The master's connection options in a `sentinels` URL's query, read by redis-py as from any Redis URL."""
+    if not query:
+        return {}
+    try:
+        options: dict[str, Any] = dict(parse_url(f"redis://sentinel/?{query}"))
+    except ValueError as exc:
+        raise ConfigurationError(f"`sentinels` {redact_sentinel(sentinels)!r} has a bad option: {exc}") from exc
+    options.pop("host", None)
+    return options
+
+
+def _sentinel_addresses(pool: SentinelConnectionPool) -> list[str]:
+    """The sentinels of a pool as sorted `host:port` (IPv6 in brackets): the same whatever order they answer in."""
+    found = []
+    for sentinel in pool.sentinel_manager.sentinels:
+        kwargs = sentinel.connection_pool.connection_kwargs
+        host, port = str(kwargs.get("host")), kwargs.get("port")
+        found.append(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+    return sorted(found)
 
 
 def _startup_nodes(url: str, cluster: bool) -> tuple[str, list[ClusterNode]]:
