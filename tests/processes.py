@@ -311,3 +311,160 @@ class RedisCluster:
         """Stop every node by its pid."""
         for node in self.nodes:
             node.stop()
+
+
+@dataclass
+class RedisSentinelNode(RedisServer):
+    """A redis-server in sentinel mode on a free loopback port, monitoring one master, stopped by its pid.
+
+    Its configuration file is written in `directory` (a sentinel rewrites it as it learns the topology,
+    so it must be writable) and its log goes beside it.
+    """
+
+    service: str = "mymaster"
+    master_port: int = 0
+    quorum: int = 2
+    down_after_ms: int = 1000
+    failover_timeout_ms: int = 5000
+
+    @property
+    def config(self) -> Path:
+        """The configuration file the sentinel reads and rewrites."""
+        return self.directory / "sentinel.conf"
+
+    def start(self) -> None:
+        """Write the configuration (the first time), start the sentinel and wait until it answers."""
+        if not self.config.exists():
+            self.config.write_text(
+                f"port {self.port}\n"
+                f"bind {LOOPBACK}\n"
+                f"dir {self.directory}\n"
+                f"logfile {self.directory / 'sentinel.log'}\n"
+                f"sentinel monitor {self.service} {LOOPBACK} {self.master_port} {self.quorum}\n"
+                f"sentinel down-after-milliseconds {self.service} {self.down_after_ms}\n"
+                f"sentinel failover-timeout {self.service} {self.failover_timeout_ms}\n"
+            )
+        self.proc = subprocess.Popen(
+            [self.binary, str(self.config), "--sentinel"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        try:
+            wait_for(self.ping, 10, f"redis sentinel on port {self.port}")
+        except BaseException:
+            self.stop()
+            raise
+
+    def master_address(self) -> tuple[str, int] | None:
+        """The master this sentinel names for its service now (None while it names none)."""
+        client = self.client()
+        try:
+            reply = client.sentinel_get_master_addr_by_name(self.service)
+        finally:
+            client.close()
+        if not isinstance(reply, tuple):
+            return None
+        host, port = reply
+        return (host.decode() if isinstance(host, bytes) else host, int(port))
+
+
+@dataclass
+class RedisSentinels:
+    """A master, its replicas and the sentinels monitoring them, on free loopback ports, each stopped by its pid.
+
+    `start` returns once every replica is in sync with the master and every sentinel sees the master
+    with every replica and every other sentinel, so that a failover can start as soon as the master
+    dies. A short `down_after_ms` makes the sentinels notice a dead master within a second or two.
+    """
+
+    binary: str
+    directory: Path
+    service: str = "mymaster"
+    replicas: int = 1
+    sentinels: int = 3
+    down_after_ms: int = 1000
+    failover_timeout_ms: int = 5000
+    master: RedisServer | None = None
+    replica_nodes: list[RedisServer] = field(default_factory=list)
+    sentinel_nodes: list[RedisSentinelNode] = field(default_factory=list)
+
+    @property
+    def addresses(self) -> str:
+        """The sentinels as `host:port,host:port`, as FLAGMETRICS_REDIS_SENTINEL takes them."""
+        return ",".join(f"{LOOPBACK}:{node.port}" for node in self.sentinel_nodes)
+
+    @property
+    def servers(self) -> list[RedisServer]:
+        """The master and its replicas, as started (the master first)."""
+        return [*([self.master] if self.master is not None else []), *self.replica_nodes]
+
+    def start(self, timeout_s: float = 30) -> None:
+        """Start the master, the replicas and the sentinels, and wait until the sentinels see them all."""
+        try:
+            self.master = self._server("master")
+            self.master.start()
+            for n in range(self.replicas):
+                replica = self._server(f"replica-{n}", "--replicaof", LOOPBACK, str(self.master.port))
+                self.replica_nodes.append(replica)
+                replica.start()
+            for n in range(self.sentinels):
+                directory = self.directory / f"sentinel-{n}"
+                directory.mkdir(parents=True)
+                node = RedisSentinelNode(
+                    binary=self.binary,
+                    directory=directory,
+                    service=self.service,
+                    master_port=self.master.port,
+                    quorum=self.sentinels // 2 + 1,
+                    down_after_ms=self.down_after_ms,
+                    failover_timeout_ms=self.failover_timeout_ms,
+                )
+                self.sentinel_nodes.append(node)
+                node.start()
+            wait_for(self.ready, timeout_s, "the replicas to sync and the sentinels to see them", interval_s=0.1)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _server(self, name: str, *extra_args: str) -> RedisServer:
+        directory = self.directory / name
+        directory.mkdir(parents=True)
+        return RedisServer(binary=self.binary, directory=directory, persist=False, extra_args=extra_args)
+
+    def ready(self) -> bool:
+        """Every replica in sync, and every sentinel sees the master up with every replica and sentinel."""
+        for replica in self.replica_nodes:
+            if b"master_link_status:up" not in replica.command("INFO", "replication"):
+                return False
+        for node in self.sentinel_nodes:
+            client = node.client()
+            try:
+                state = client.sentinel_master(self.service)
+                replicas = client.sentinel_slaves(self.service)
+            finally:
+                client.close()
+            if not isinstance(state, dict) or not state["is_master"] or state["is_sdown"] or state["is_odown"]:
+                return False
+            if state["num-other-sentinels"] != self.sentinels - 1:
+                return False
+            if len([r for r in replicas if not (r["is_sdown"] or r["is_odown"])]) != self.replicas:
+                return False
+        return True
+
+    def master_port(self) -> int | None:
+        """The port of the master every live sentinel names now, or None while they disagree or name none."""
+        named = {node.master_address() for node in self.sentinel_nodes if node.alive()}
+        if len(named) != 1:
+            return None
+        address = named.pop()
+        return address[1] if address is not None else None
+
+    def server_on(self, port: int) -> RedisServer:
+        """The master or replica we started on `port`."""
+        return next(server for server in self.servers if server.port == port)
+
+    def stop(self) -> None:
+        """Stop every sentinel, replica and master by its pid."""
+        for node in [*self.sentinel_nodes, *reversed(self.servers)]:
+            node.stop()
+
+
+__all__ += ["RedisSentinelNode", "RedisSentinels"]

@@ -1,6 +1,7 @@
-"""`RedisStore` behind Redis Sentinel: `from_sentinel`, its spool target, the settings choosing it, failover errors.
+"""`RedisStore` behind Redis Sentinel: `from_sentinel`, its spool target, the settings choosing it, failovers.
 
-These build clients without connecting: redis-py connects on first use.
+The unit tests build clients without connecting (redis-py connects on first use); the others start a
+master, a replica and three sentinels of their own (`tests.processes.RedisSentinels`).
 """
 
 from __future__ import annotations
@@ -9,6 +10,9 @@ import asyncio
 import math
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import fakeredis
@@ -23,12 +27,13 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from flagmetrics.config import Settings
 from flagmetrics.exceptions import ConfigurationError, StoreError
 from flagmetrics.stores import default_store
-from flagmetrics.stores.base import FlagDelta
-from flagmetrics.stores.redis import RedisStore
-from tests.helpers import batch, run_with, users
-from tests.processes import REPO, clean_environ
+from flagmetrics.stores.base import FlagDelta, Snapshot, snapshot_within
+from flagmetrics.stores.redis import KeyLayout, RedisStore
+from tests.helpers import batch, require_binary, run_with, users
+from tests.processes import REPO, RedisSentinels, clean_environ
 
 PASSWORD = "pw-s3cret-71d0"
+LAYOUT = KeyLayout("flagmetrics")
 SENTINELS = "10.0.0.2:26379,10.0.0.1:26380,[fd00::3]:26379"
 
 
@@ -229,13 +234,15 @@ FAILOVER_ERRORS = [
     RedisConnectionError("The previous master is now a slave"),
     RedisConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused."),
     RedisTimeoutError("Timeout reading from socket"),
+    ResponseError("NOREPLICAS Not enough good replicas to write. script: 4d25, on @user_script:33."),
 ]
 
 
 @pytest.mark.parametrize("as_reply", [False, True], ids=["raised", "in-the-reply"])
 @pytest.mark.parametrize("error", FAILOVER_ERRORS, ids=lambda e: str(e).split()[0])
 def test_a_failovers_errors_are_transient_so_the_batch_is_kept(error: BaseException, as_reply: bool) -> None:
-    """No master yet, a demoted master, a dead one: retried (and spooled) by the flusher, never dropped."""
+    """No master yet, a demoted master, a dead one, one whose replica left (`min-replicas-to-write`):
+    retried (and spooled) by the flusher, never dropped."""
     store = FailingPipeline(fakeredis.aioredis.FakeRedis(server=fakeredis.FakeServer()))
     store.error, store.as_reply = error, as_reply
     with pytest.raises(StoreError) as pushed:
@@ -254,6 +261,41 @@ def test_a_refusal_that_is_not_a_failover_stays_permanent() -> None:
     with pytest.raises(StoreError) as pushed:
         run_with(store, lambda s: s.push(batch(1, {"a": FlagDelta(1, 0)})))
     assert not pushed.value.transient
+
+
+class Answering(RedisStore):
+    """A store whose every script succeeds without Redis, for what happens around the scripts."""
+
+    async def _pipelined(self, calls: Any) -> list[Any]:
+        return [1 for _ in calls]
+
+    async def _upgrade_layout(self) -> None:
+        return None
+
+
+@pytest.mark.parametrize("sentinels_answer", [True, False], ids=["answering", "down"])
+def test_the_store_asks_the_sentinels_for_the_master_at_most_once_a_second(
+    monkeypatch: pytest.MonkeyPatch, sentinels_answer: bool
+) -> None:
+    """So that a master replaced while alive is left within a second; sentinels that cannot say stop no write."""
+    asked: list[float] = []
+
+    async def get_master_address(self: SentinelConnectionPool) -> tuple[str, int]:
+        asked.append(time.monotonic())
+        if not sentinels_answer:
+            raise MasterNotFoundError("No master found for 'mymaster'")
+        return ("10.0.0.9", 6379)
+
+    monkeypatch.setattr(SentinelConnectionPool, "get_master_address", get_master_address)
+    client = RedisStore.from_sentinel(SENTINELS).client
+    store = Answering(client)
+
+    async def scenario(store: RedisStore) -> None:
+        for seq in range(1, 6):
+            await store.push(batch(seq, {"a": FlagDelta(1, 0)}))
+
+    run_with(store, scenario)
+    assert len(asked) == 1
 
 
 def test_close_closes_the_sentinels_connections_too(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -385,3 +427,126 @@ def test_default_store_reads_the_sentinel_variables() -> None:
     assert sentinel_pool(store).service_name == "cache"
     assert {kwargs["password"] for kwargs in sentinel_kwargs(store)} == {"sentinel-pw"}
     asyncio.run(store.close())
+
+
+# -- against real sentinels --------------------------------------------------------------------------------
+
+
+def start_sentinels(directory: Path) -> RedisSentinels:
+    """A master, one replica and three sentinels on free loopback ports, the replica in sync and seen."""
+    group = RedisSentinels(binary=require_binary("redis-server", "redis-server"), directory=directory)
+    group.start()
+    return group
+
+
+@pytest.fixture(scope="module")
+def sentinels(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisSentinels]:
+    """One group for the tests that do not fail it over; they keep apart by key prefix."""
+    group = start_sentinels(tmp_path_factory.mktemp("sentinels"))
+    try:
+        yield group
+    finally:
+        group.stop()
+
+
+@pytest.fixture
+def fresh_sentinels(tmp_path: Path) -> Iterator[RedisSentinels]:
+    """A group of this test's own, for a test that fails its master over."""
+    group = start_sentinels(tmp_path / "sentinels")
+    try:
+        yield group
+    finally:
+        group.stop()
+
+
+def figures(snapshot: Snapshot) -> dict[str, tuple[int, int, int]]:
+    return {key: (stats.total, stats.errors, stats.unique_users) for key, stats in snapshot.flags.items()}
+
+
+def new_master(group: RedisSentinels, old: int | None) -> int | None:
+    """The port of the master every sentinel names, once it is not `old`."""
+    port = group.master_port()
+    return port if port not in (old, None) else None
+
+
+@pytest.mark.redis
+def test_a_batch_goes_to_the_master_the_sentinels_name_and_is_read_back(sentinels: RedisSentinels) -> None:
+    store = RedisStore.from_sentinel(sentinels.addresses, key_prefix="roundtrip")
+
+    async def scenario(store: RedisStore) -> Snapshot:
+        await store.push(batch(1, {"a": FlagDelta(5, 2, users(0, 4))}))
+        await store.push(batch(1, {"a": FlagDelta(5, 2, users(0, 4))}))  # delivered again: applied once
+        return await store.snapshot()
+
+    assert figures(run_with(store, scenario)) == {"a": (5, 2, 4)}
+    master = sentinels.server_on(sentinels.master_port() or 0)
+    assert master is sentinels.master
+    assert int(master.client().hget(store.layout.counts(store.layout.group("a")), "total:a") or 0) == 5
+
+
+@pytest.mark.redis
+def test_an_unknown_service_fails_at_once_as_a_transient_store_error(sentinels: RedisSentinels) -> None:
+    store = RedisStore.from_sentinel(sentinels.addresses, "no-such-master")
+    started = time.monotonic()
+    with pytest.raises(StoreError, match="No master found for 'no-such-master'") as raised:
+        run_with(store, lambda s: snapshot_within(s, 5.0))
+    assert raised.value.transient
+    assert time.monotonic() - started < 2.0  # the sentinels answer at once; a few retries, no timeout
+
+
+@pytest.mark.redis
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("min_replicas", [0, 1], ids=["default", "min-replicas-to-write-1"])
+def test_a_master_replaced_while_alive_is_left_for_the_new_one_and_no_batch_counts_twice(
+    fresh_sentinels: RedisSentinels, min_replicas: int
+) -> None:
+    """`SENTINEL FAILOVER` promotes the replica while the master lives on: every batch is delivered (retried
+    as the flusher would, transient errors only) and none twice; the batches the old master took before
+    the sentinels named the new one are lost with its demotion, unless `min-replicas-to-write` makes it
+    refuse them (NOREPLICAS) once its replica has left, so that they are sent again to the new master."""
+    group = fresh_sentinels
+    assert group.master is not None
+    group.master.client().config_set("min-replicas-to-write", min_replicas)  # on the old master only
+    old = group.master_port()
+    sent, failures = 0, []
+
+    async def scenario(store: RedisStore) -> Snapshot:
+        nonlocal sent
+        seq, moved_at = 0, None
+        while moved_at is None or time.monotonic() < moved_at + 3.0:  # two checks of the master at least
+            seq += 1
+            delta = FlagDelta(3, 1, users(seq * 3, seq * 3 + 3))
+            for _ in range(200):
+                try:
+                    await store.push(batch(seq, {"a": delta}))
+                    break
+                except StoreError as exc:
+                    failures.append(exc)
+                    if not exc.transient:
+                        pytest.fail(f"a permanent error in the failover: {exc}")
+                    await asyncio.sleep(0.05)
+            else:
+                pytest.fail(f"batch {seq} not delivered: {failures[-1]}")
+            sent += 3
+            if seq == 5:
+                group.sentinel_nodes[0].client().sentinel_failover(group.service)
+            if moved_at is None and seq > 5 and new_master(group, old):
+                moved_at = time.monotonic()
+            await asyncio.sleep(0.02)
+        return await store.snapshot()
+
+    snapshot = run_with(RedisStore.from_sentinel(group.addresses, retries=1), scenario)
+    stored = snapshot.flags["a"].total
+    new = group.master_port()
+    print(
+        f"SENTINEL FAILOVER with min-replicas-to-write {min_replicas}: {sent} evaluations sent, {stored} stored, "
+        f"{sent - stored} lost with the old master, {len(failures)} transient errors retried"
+    )
+    assert new not in (old, None)
+    assert stored <= sent  # never twice
+    counts = LAYOUT.counts(LAYOUT.group("a"))
+    assert int(group.server_on(new or 0).client().hget(counts, "total:a") or 0) == stored  # on the new master
+    if min_replicas:
+        # At most the batch the replica had not read yet when it was promoted.
+        assert sent - stored <= 3
+        assert any("NOREPLICAS" in str(failure) for failure in failures)

@@ -26,6 +26,7 @@ sentinel connection pool finds (and finds again after a failover) by asking the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
 import json
@@ -49,6 +50,7 @@ from redis.exceptions import (
     ReadOnlyError,
     RedisClusterException,
     RedisError,
+    ResponseError,
     TryAgainError,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -324,6 +326,7 @@ return 1
 
 _SCHEMES: Final = ("redis", "rediss", "unix")
 _HEALTH_CHECK_INTERVAL_S: Final = 30  # a connection idle for longer is checked with a PING before use
+_MASTER_CHECK_INTERVAL_S: Final = 1.0  # behind Sentinel, how often a store asks the sentinels where the master is
 _LAYOUT_CHECK_INTERVAL_S: Final = 60.0  # how often a store looks for keys of the old layout
 # Errors of an outage or a failover, after redis-py's own retries: the batch is kept and sent again.
 _TRANSIENT: Final = (
@@ -336,7 +339,19 @@ _TRANSIENT: Final = (
     RedisClusterException,  # no node reachable, slots not covered: the cluster is failing over or down
 )
 
+# Replies Redis refuses a write with until a failover or a replica's return: the batch is kept too.
+# NOREPLICAS: the master has fewer replicas in sync than its `min-replicas-to-write` (as a master
+# whose replica was just promoted has); redis-py gives it no class of its own.
+_TRANSIENT_REPLIES: Final = ("NOREPLICAS",)
+
 _Call = tuple[AsyncScript, Sequence[str | bytes], Sequence[Any]]
+
+
+def _transient(error: object) -> bool:
+    """Whether an error or reply is an outage or a failover rather than Redis refusing the request."""
+    if isinstance(error, _TRANSIENT):
+        return True
+    return isinstance(error, ResponseError) and str(error).startswith(_TRANSIENT_REPLIES)
 
 
 class KeyLayout:
@@ -457,6 +472,9 @@ class RedisStore:
         self._migrate = client.register_script(_MIGRATE_LUA)
         self._next_layout_check = 0.0
         self._scripts_loaded = False
+        pool = client.connection_pool if isinstance(client, aioredis.Redis) else None
+        self._sentinel_pool = pool if isinstance(pool, SentinelConnectionPool) else None
+        self._next_master_check = 0.0
 
     @classmethod
     def from_url(
@@ -525,8 +543,9 @@ class RedisStore:
         """Connect lazily to the master the sentinels name for `service_name`, following it through failovers.
 
         redis-py's `Sentinel.master_for` gives the client: each new connection asks the sentinels where
-        the master is, and a connection to a master demoted by a failover is dropped, so the next
-        attempt (a retry, or the next flush) goes to the new one.
+        the master is, a connection to a master demoted by a failover is dropped, and the store asks
+        the sentinels again once a second (see `_follow_master`), so the next attempt (a retry, or the
+        next flush) goes to the new master.
 
         Args:
             sentinels: The sentinels as `(host, port)` pairs, or as a string: `host:port,host:port`
@@ -800,17 +819,18 @@ class RedisStore:
         """
         if not calls:
             return []
+        await self._follow_master()
         try:
             results = await (self._concurrently(calls) if self._cluster else self._pipelined(calls))
-        except _TRANSIENT as exc:
-            raise StoreError(f"could not {doing} in Redis: {exc}") from exc
         except (RedisError, UnicodeError) as exc:
+            if _transient(exc):
+                raise StoreError(f"could not {doing} in Redis: {exc}") from exc
             raise StoreError(f"Redis refused to {doing}: {exc}", transient=False) from exc
         except Exception as exc:  # the client's own failures, as seen while connections break in a failover
             raise StoreError(f"could not {doing} in Redis, the client failed: {exc!r}") from exc
         checked: list[Any] = []
         for result in results:
-            if isinstance(result, _TRANSIENT):
+            if _transient(result):
                 raise StoreError(f"could not {doing} in Redis: {result}") from result
             if isinstance(result, RedisError | UnicodeError):
                 error = StoreError(f"Redis refused to {doing}: {result}", transient=False)
@@ -824,6 +844,22 @@ class RedisStore:
                 raise result
             checked.append(result)
         return checked
+
+    async def _follow_master(self) -> None:
+        """Behind Sentinel, ask the sentinels where the master is, at most once per `_MASTER_CHECK_INTERVAL_S`.
+
+        redis-py asks them when it opens a connection, so an open connection to a master the sentinels
+        have replaced, but that is not demoted yet (a failover of a live master, or one cut off from
+        the sentinels), would keep taking writes that its demotion then throws away. The pool's own
+        `get_master_address` closes the idle connections when the master has moved, and the next
+        command connects to the new one. When the sentinels cannot say, the connections stay as they are.
+        """
+        pool = self._sentinel_pool
+        if pool is None or time.monotonic() < self._next_master_check:
+            return
+        self._next_master_check = time.monotonic() + _MASTER_CHECK_INTERVAL_S
+        with contextlib.suppress(RedisError):
+            await pool.get_master_address()  # type: ignore[no-untyped-call]  # unannotated in redis-py
 
     async def _concurrently(self, calls: Sequence[_Call]) -> list[Any]:
         """Send every script at once, each to its slot's master; load the scripts first where Redis lacks them.
@@ -902,10 +938,10 @@ class RedisStore:
             for reply in await self._pipelined(calls):
                 if isinstance(reply, BaseException):
                     raise reply
-        except _TRANSIENT as exc:
-            self._next_layout_check = 0.0  # look again next time
-            raise StoreError(f"could not read the fleet state in Redis: {exc}") from exc
         except RedisError as exc:
+            if _transient(exc):
+                self._next_layout_check = 0.0  # look again next time
+                raise StoreError(f"could not read the fleet state in Redis: {exc}") from exc
             raise StoreError(f"could not move the old keys to the new layout: {exc}", transient=False) from exc
 
     def __repr__(self) -> str:
