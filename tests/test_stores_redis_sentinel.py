@@ -1,21 +1,25 @@
 """`RedisStore` behind Redis Sentinel: `from_sentinel`, its spool target, the settings choosing it, failovers.
 
 The unit tests build clients without connecting (redis-py connects on first use); the others start a
-master, a replica and three sentinels of their own (`tests.processes.RedisSentinels`).
+master, a replica and three sentinels of their own (`tests.processes.RedisSentinels`), and the last
+one gunicorn too.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import math
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import fakeredis
+import httpx
 import pytest
 from redis.asyncio import Redis
 from redis.asyncio.sentinel import MasterNotFoundError, SentinelConnectionPool, SentinelManagedSSLConnection
@@ -24,13 +28,14 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ReadOnlyError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from examples.traffic import Tally, parse_scrape, plan, send
 from flagmetrics.config import Settings
 from flagmetrics.exceptions import ConfigurationError, StoreError
 from flagmetrics.stores import default_store
 from flagmetrics.stores.base import FlagDelta, Snapshot, snapshot_within
 from flagmetrics.stores.redis import KeyLayout, RedisStore
-from tests.helpers import batch, require_binary, run_with, users
-from tests.processes import REPO, RedisSentinels, clean_environ
+from tests.helpers import Gunicorn, batch, require_binary, run_with, users
+from tests.processes import REPO, RedisSentinels, clean_environ, wait_for
 
 PASSWORD = "pw-s3cret-71d0"
 LAYOUT = KeyLayout("flagmetrics")
@@ -550,3 +555,204 @@ def test_a_master_replaced_while_alive_is_left_for_the_new_one_and_no_batch_coun
         # At most the batch the replica had not read yet when it was promoted.
         assert sent - stored <= 3
         assert any("NOREPLICAS" in str(failure) for failure in failures)
+
+
+# -- a master killed under gunicorn ------------------------------------------------------------------------
+
+SCRAPE_TIMEOUT_S = 0.5
+RENDERING_S = 1.0
+"""Allowance for rendering a scrape on this machine (2 cores, shared), on top of the scrape timeout."""
+CAUGHT_UP_LAG_S = 1.0
+"""The store counts as caught up while it holds every evaluation answered this long ago (5 flushes)."""
+
+
+class Load(threading.Thread):
+    """Evaluations of new users, in rounds of 50 users, until stopped; tallied by the app's answers."""
+
+    def __init__(self, app: Gunicorn) -> None:
+        super().__init__(daemon=True)
+        self._app = app
+        self._stopping = threading.Event()
+        self.tally = Tally()
+        self.rounds: list[tuple[float, int]] = []
+        """When each round ended and the evaluations answered by then, in all."""
+
+    def run(self) -> None:
+        first, answered = 0, 0
+        while not self._stopping.is_set():
+            tally = asyncio.run(send(self._app.url, list(plan(50, first=first)), concurrency=4))
+            self.tally.update(tally)
+            answered += sum(tally.evaluations.values())
+            self.rounds.append((time.monotonic(), answered))
+            first += 50
+
+    def answered_by(self, moment: float) -> int:
+        """Evaluations answered in the rounds that ended by `moment`."""
+        return max((answered for at, answered in self.rounds if at <= moment), default=0)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self.join(60)
+        assert not self.is_alive()
+
+
+class Scrapes(threading.Thread):
+    """Scrapes on fresh connections throughout, noting each one's time, duration and fleet gauges."""
+
+    def __init__(self, app: Gunicorn) -> None:
+        super().__init__(daemon=True)
+        self._app = app
+        self._stopping = threading.Event()
+        self.seen: list[tuple[float, float, int, float, bool]] = []
+        """(started, seconds, status, store_up, whether any fleet gauge was in it)"""
+
+    def run(self) -> None:
+        with httpx.Client(timeout=10) as client:
+            while not self._stopping.is_set():
+                started = time.monotonic()
+                try:
+                    response = client.get(f"{self._app.url}/metrics", headers={"connection": "close"})
+                except httpx.TransportError:
+                    self.seen.append((started, time.monotonic() - started, 0, -1.0, False))
+                    continue
+                took = time.monotonic() - started
+                scrape = parse_scrape(response.text) if response.status_code == 200 else None
+                up = scrape.samples.get("flagmetrics_store_up", -1.0) if scrape else -1.0
+                gauges = bool(scrape and (scrape.unique_users or scrape.error_rates))
+                self.seen.append((started, took, response.status_code, up, gauges))
+                self._stopping.wait(0.05)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self.join(30)
+        assert not self.is_alive()
+
+
+class StoreWatch(threading.Thread):
+    """Reads the fleet store through the sentinels every 0.1 s, noting the evaluations it holds (None: unreadable)."""
+
+    def __init__(self, addresses: str) -> None:
+        super().__init__(daemon=True)
+        self._addresses = addresses
+        self._stopping = threading.Event()
+        self.seen: list[tuple[float, int | None]] = []
+
+    def run(self) -> None:
+        while not self._stopping.is_set():
+            read = read_store(self._addresses, timeout_s=0.5)
+            self.seen.append((time.monotonic(), None if read is None else sum(s.total for s in read.flags.values())))
+            self._stopping.wait(0.1)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self.join(30)
+        assert not self.is_alive()
+
+
+def read_store(addresses: str, timeout_s: float = 2.0) -> Snapshot | None:
+    """The fleet state, read through the sentinels as a worker reads it; None when it cannot be read in time."""
+
+    async def read() -> Snapshot | None:
+        store = RedisStore.from_sentinel(addresses)
+        try:
+            return await snapshot_within(store, timeout_s)
+        except StoreError:
+            return None
+        finally:
+            await store.close()
+
+    return asyncio.run(read())
+
+
+def settled(app: Gunicorn, group: RedisSentinels, tally: Tally) -> Snapshot | None:
+    """The store once the counters show every answer and two reads a flush apart agree."""
+    if parse_scrape(app.scrape().text).evaluations != dict(tally.evaluations):
+        return None
+    first = read_store(group.addresses)
+    time.sleep(0.5)  # more than one flush interval of every worker
+    again = read_store(group.addresses)
+    return first if first is not None and again is not None and figures(again) == figures(first) else None
+
+
+def users_lost(group: RedisSentinels, tally: Tally, snapshot: Snapshot) -> dict[str, int]:
+    """Per flag, how far the store's HyperLogLog is from one built on the new master from every user sent."""
+    client = group.server_on(group.master_port() or 0).client()
+    lost = {}
+    for flag, sent in tally.users.items():
+        scratch = f"scratch:{flag}"
+        client.pfadd(scratch, *(hashlib.blake2b(u.encode(), digest_size=8).digest() for u in sent))
+        lost[flag] = client.pfcount(scratch) - snapshot.flags[flag].unique_users
+        client.delete(scratch)
+    return lost
+
+
+@pytest.mark.redis
+@pytest.mark.e2e
+@pytest.mark.timeout(60)
+def test_a_master_killed_behind_sentinel_fails_no_request_and_no_scrape(
+    fresh_sentinels: RedisSentinels, gunicorn: Callable[..., Gunicorn]
+) -> None:
+    """SIGKILL the master mid-traffic: every request answered, every scrape within its timeout, the fleet
+    gauges left out while no master answers, then back on the promoted replica and true again."""
+    group = fresh_sentinels
+    app = gunicorn(FLAGMETRICS_REDIS_SENTINEL=group.addresses, FLAGMETRICS_SCRAPE_TIMEOUT_S=str(SCRAPE_TIMEOUT_S))
+    old = group.master_port()
+    load, scrapes, watch = Load(app), Scrapes(app), StoreWatch(group.addresses)
+    for thread in (load, scrapes, watch):
+        thread.start()
+    try:
+        wait_for(lambda: len(load.rounds) >= 10, 30, "traffic before the kill")
+        assert group.master is not None
+        group.master.kill()  # SIGKILL, by the pid we started
+        killed_at = time.monotonic()
+        new = wait_for(lambda: new_master(group, old), 30, "the sentinels to name a new master")
+        promoted_at = time.monotonic()
+        wait_for(lambda: len([at for at, _ in load.rounds if at > promoted_at]) >= 10, 30, "traffic after it")
+        load.stop()
+        stored = wait_for(lambda: settled(app, group, load.tally), 20, "the store to settle after the failover")
+        assert stored is not None
+        final = app.scrape()
+    finally:
+        for thread in (load, scrapes, watch):
+            thread.stop()
+
+    truth = load.tally
+    worst = max(took for _, took, _, _, _ in scrapes.seen)
+    back = [at for at, _, _, up, _ in scrapes.seen if at > killed_at and up == 1.0]
+    # The moment from which the store held, at every read, every evaluation answered CAUGHT_UP_LAG_S before.
+    behind = [at for at, held in watch.seen if at > killed_at and (held or 0) < load.answered_by(at - CAUGHT_UP_LAG_S)]
+    caught_up = min((at for at, _ in watch.seen if at > max(behind, default=killed_at)), default=math.inf)
+    # What the dead master acknowledged but its replica never got. Every round brings new users, so
+    # later traffic re-adds none of them: what the store lacks at the end is what the failover lost.
+    evaluations_lost = sum(truth.totals().values()) - sum(stats.total for stats in stored.flags.values())
+    lost_users = users_lost(group, truth, stored)
+    print(
+        f"sentinel failover (master {old} -> {new}): {sum(truth.totals().values())} evaluations, "
+        f"{truth.failed_requests} failed requests, {len(scrapes.seen)} scrapes, worst {worst:.3f} s; "
+        f"new master named {promoted_at - killed_at:.1f} s after the kill, fleet gauges back "
+        f"{(back[0] if back else math.inf) - killed_at:.1f} s after it, store caught up (all answered "
+        f"{CAUGHT_UP_LAG_S:.0f} s before) {caught_up - killed_at:.1f} s after it; lost to asynchronous "
+        f"replication: {evaluations_lost} evaluations, users (HyperLogLog vs one of every user sent) {lost_users}"
+    )
+    assert truth.failed_requests == 0, truth.failures
+    assert all(status == 200 for _, _, status, _, _ in scrapes.seen)
+    assert worst <= SCRAPE_TIMEOUT_S + RENDERING_S
+    assert all(up in (0.0, 1.0) for _, _, _, up, _ in scrapes.seen)
+    assert not [seen for seen in scrapes.seen if seen[3] == 0.0 and seen[4]], "fleet gauges shown with store_up 0"
+    assert [up for at, _, _, up, _ in scrapes.seen if killed_at < at < promoted_at].count(0.0) >= 1
+    assert back, "the fleet gauges never came back"
+    assert caught_up < math.inf
+    for flag, (total, errors_stored, _) in figures(stored).items():  # nothing counted twice
+        assert total <= truth.totals()[flag], flag
+        assert errors_stored <= truth.errors()[flag], flag
+    scrape = parse_scrape(final.text)
+    assert scrape.samples["flagmetrics_store_up"] == 1.0
+    assert scrape.evaluations == dict(truth.evaluations)
+    counted: dict[str, float] = {}
+    errors: dict[str, float] = {}
+    for (flag, reason, _), value in scrape.evaluations.items():
+        counted[flag] = counted.get(flag, 0) + value
+        errors[flag] = errors.get(flag, 0) + (value if reason == "ERROR" else 0)
+    assert scrape.error_rates == {flag: errors[flag] / counted[flag] for flag in counted}
+    for flag, sent in truth.users.items():
+        assert abs(scrape.unique_users[flag] - len(sent)) <= 0.02 * len(sent), flag
