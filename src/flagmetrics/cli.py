@@ -18,7 +18,7 @@ from urllib.parse import unquote, urlsplit
 
 from flagmetrics import __version__
 from flagmetrics.auth import credentials_for
-from flagmetrics.config import Settings, metric_prefix, redact_url
+from flagmetrics.config import Settings, metric_prefix, redact_sentinel, redact_url
 from flagmetrics.exceptions import ConfigurationError, FlagMetricsError, StoreError
 from flagmetrics.exposition import ScrapeSource
 from flagmetrics.server import start_metrics_server
@@ -41,15 +41,31 @@ EXIT_ERROR = 2
 _SERVER_STOP_TIMEOUT_S = 5.0  # seconds to wait for the HTTP server thread after shutdown()
 
 _NO_STORE = (
-    "no fleet store given: pass `--redis-url` (or set FLAGMETRICS_REDIS_URL) to read Redis, "
+    "no fleet store given: pass `--redis-url` (or set FLAGMETRICS_REDIS_URL) to read Redis, `--redis-sentinel` "
+    "(or set FLAGMETRICS_REDIS_SENTINEL) to read the Redis master its sentinels name, "
     "or `--dir` with the gunicorn multiprocess directory of a single host"
 )
+
+# The variables of each store the command line can choose; an option choosing one leaves the others' out.
+_STORE_VARIABLES = {
+    "redis_url": ("FLAGMETRICS_REDIS_URL", "FLAGMETRICS_REDIS_CLUSTER"),
+    "redis_sentinel": (
+        "FLAGMETRICS_REDIS_SENTINEL",
+        "FLAGMETRICS_REDIS_SENTINEL_MASTER",
+        "FLAGMETRICS_REDIS_SENTINEL_PASSWORD",
+    ),
+}
 
 # Where each setting the command line can set comes from, to say where to fix an invalid one.
 _SOURCES = {
     "url": "--redis-url or FLAGMETRICS_REDIS_URL",
     "key_prefix": "--key-prefix or FLAGMETRICS_KEY_PREFIX",
     "redis_cluster": "--redis-cluster or FLAGMETRICS_REDIS_CLUSTER",
+    "redis_sentinel": "--redis-sentinel or FLAGMETRICS_REDIS_SENTINEL",
+    "sentinels": "--redis-sentinel or FLAGMETRICS_REDIS_SENTINEL",
+    "redis_sentinel_master": "--redis-sentinel-master or FLAGMETRICS_REDIS_SENTINEL_MASTER",
+    "service_name": "--redis-sentinel-master or FLAGMETRICS_REDIS_SENTINEL_MASTER",
+    "redis_sentinel_password": "FLAGMETRICS_REDIS_SENTINEL_PASSWORD",
     "scrape_timeout_s": "--scrape-timeout or FLAGMETRICS_SCRAPE_TIMEOUT_S",
     "path": "--dir",
 }
@@ -89,6 +105,7 @@ def _parser() -> argparse.ArgumentParser:
             "examples:\n"
             "  flagmetrics serve --redis-url redis://redis.internal:6379/0 --addr 0.0.0.0\n"
             "  flagmetrics inspect --redis-url redis://redis.internal:6379/0\n"
+            "  flagmetrics inspect --redis-sentinel sentinel-1:26379,sentinel-2:26379,sentinel-3:26379\n"
             "\n"
             "Settings not given as options come from the FLAGMETRICS_* environment variables."
         ),
@@ -112,9 +129,12 @@ def _parser() -> argparse.ArgumentParser:
             "  FLAGMETRICS_METRICS_TOKEN=s3cret flagmetrics serve \\\n"
             "      --redis-url redis://redis.internal:6379/0 --addr 0.0.0.0 --port 9464\n"
             "  flagmetrics serve --dir /run/myapp/prometheus   # one host, no Redis\n"
+            "  flagmetrics serve --redis-sentinel sentinel-1:26379,sentinel-2:26379,sentinel-3:26379 \\\n"
+            "      --redis-sentinel-master mymaster --addr 0.0.0.0   # a master behind Redis Sentinel\n"
             "\n"
-            "Prefer FLAGMETRICS_REDIS_URL and FLAGMETRICS_METRICS_TOKEN to the options for secrets:\n"
-            "options are visible to every user of the host in the process list."
+            "Prefer FLAGMETRICS_REDIS_URL, FLAGMETRICS_REDIS_SENTINEL and FLAGMETRICS_METRICS_TOKEN to the\n"
+            "options for secrets: options are visible to every user of the host in the process list. The\n"
+            "sentinels' own password is read from FLAGMETRICS_REDIS_SENTINEL_PASSWORD only."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -153,6 +173,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog=(
             "examples:\n"
             "  flagmetrics inspect --redis-url redis://redis.internal:6379/0\n"
+            "  flagmetrics inspect --redis-sentinel sentinel-1:26379,sentinel-2:26379 --redis-sentinel-master cache\n"
             "  flagmetrics inspect --dir /run/myapp/prometheus --json | jq '.flags[\"new-checkout\"]'"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -171,24 +192,39 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _store_options(parser: argparse.ArgumentParser) -> None:
-    """Add the options that choose the store: `--redis-url` or `--dir`, and `--key-prefix`."""
+    """Add the options that choose the store: `--redis-url`, `--redis-sentinel` or `--dir`, and `--key-prefix`."""
     where = parser.add_mutually_exclusive_group()
     where.add_argument(
         "--redis-url",
         metavar="URL",
-        help="Redis holding the fleet state: redis://, rediss:// or unix:// (default: FLAGMETRICS_REDIS_URL)",
+        help="Redis holding the fleet state: redis://, rediss:// or unix:// (default: FLAGMETRICS_REDIS_URL); "
+        "takes precedence over FLAGMETRICS_REDIS_SENTINEL",
+    )
+    where.add_argument(
+        "--redis-sentinel",
+        metavar="SENTINELS",
+        help="the Redis Sentinels of the master holding the fleet state: host:port,host:port (IPv6 in brackets), "
+        "or redis://[[user]:password@]host:port,host:port[/db] (rediss:// for TLS) with the master's credentials "
+        "and database (default: FLAGMETRICS_REDIS_SENTINEL; the sentinels' own password: "
+        "FLAGMETRICS_REDIS_SENTINEL_PASSWORD); takes precedence over FLAGMETRICS_REDIS_URL",
     )
     where.add_argument(
         "--dir",
         metavar="PATH",
         help="a single host's state: its gunicorn multiprocess directory (PROMETHEUS_MULTIPROC_DIR); "
-        "takes precedence over FLAGMETRICS_REDIS_URL",
+        "takes precedence over FLAGMETRICS_REDIS_URL and FLAGMETRICS_REDIS_SENTINEL",
     )
     parser.add_argument(
         "--redis-cluster",
         action="store_true",
         default=None,
         help="the Redis URL names a node of a Redis Cluster (default: FLAGMETRICS_REDIS_CLUSTER)",
+    )
+    parser.add_argument(
+        "--redis-sentinel-master",
+        metavar="NAME",
+        help="the master's service name in the sentinels' configuration "
+        "(default: FLAGMETRICS_REDIS_SENTINEL_MASTER or mymaster)",
     )
     parser.add_argument(
         "--key-prefix", help="prefix of the Redis keys (default: FLAGMETRICS_KEY_PREFIX or flagmetrics)"
@@ -280,7 +316,13 @@ def _inspect(args: argparse.Namespace) -> int:
     snapshot = _snapshot(settings, args.dir, args.timeout)
     if args.json:
         store: dict[str, Any] = {"directory": args.dir}
-        if args.dir is None:
+        if args.dir is None and settings.redis_sentinel:
+            store = {
+                "redis_sentinel": redact_sentinel(settings.redis_sentinel),
+                "redis_sentinel_master": settings.redis_sentinel_master,
+                "key_prefix": settings.key_prefix,
+            }
+        elif args.dir is None:
             store = {"redis_url": redact_url(settings.redis_url or ""), "key_prefix": settings.key_prefix}
             if settings.redis_cluster:
                 store["cluster"] = True
@@ -298,21 +340,33 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _settings(args: argparse.Namespace, **overrides: Any) -> Settings:
-    """Read the `FLAGMETRICS_*` variables and apply the options given; `--dir` wins over a Redis URL."""
+    """Read the `FLAGMETRICS_*` variables and apply the options given.
+
+    The option that chooses the store (`--redis-url`, `--redis-sentinel` or `--dir`) wins over the
+    variables that choose another one.
+    """
+    chosen = args.dir is not None or args.redis_url or args.redis_sentinel
+    left_out = {
+        name for store, names in _STORE_VARIABLES.items() if chosen and not getattr(args, store) for name in names
+    }
+    environ = {name: value for name, value in os.environ.items() if name not in left_out}
     try:
-        settings = Settings.from_env(
-            redis_url=args.redis_url, redis_cluster=args.redis_cluster, key_prefix=args.key_prefix, **overrides
+        return Settings.from_env(
+            environ,
+            redis_url=args.redis_url,
+            redis_cluster=args.redis_cluster if args.dir is None else None,
+            redis_sentinel=args.redis_sentinel,
+            redis_sentinel_master=args.redis_sentinel_master,
+            key_prefix=args.key_prefix,
+            **overrides,
         )
-        if args.dir is not None:
-            settings = settings.with_(redis_url=None, redis_cluster=False)
     except ConfigurationError as exc:
         raise ConfigurationError(_with_source(str(exc))) from exc
-    return settings
 
 
 def _open(settings: Settings, directory: str | None) -> Store:
     """Open the store the settings name; raise `ConfigurationError` when they name none or a bad one."""
-    if directory is None and not settings.redis_url:
+    if directory is None and not settings.uses_redis:
         raise ConfigurationError(_NO_STORE)
     try:
         return default_store(settings, directory)
@@ -340,6 +394,11 @@ def _snapshot(settings: Settings, directory: str | None, timeout_s: float, *, se
         detail = str(exc.__cause__ or exc).rstrip(".") or f"no answer within {timeout_s} s"
         if directory is not None:
             hint = "check that `--dir` is the multiprocess directory the workers write to and that it is readable"
+        elif settings.redis_sentinel:
+            hint = (
+                "check that the sentinels are running and name a master that is up, and that `--redis-sentinel` "
+                "(or FLAGMETRICS_REDIS_SENTINEL) and `--redis-sentinel-master` are right"
+            )
         else:
             hint = "check that Redis is running and that `--redis-url` (or FLAGMETRICS_REDIS_URL) is right"
         if serving:
@@ -351,6 +410,11 @@ def _describe(settings: Settings, directory: str | None) -> str:
     """Name the store for a message, without its password."""
     if directory is not None:
         return f"the directory {directory!r}"
+    if settings.redis_sentinel:
+        return (
+            f"Redis Sentinel master {settings.redis_sentinel_master!r} at {redact_sentinel(settings.redis_sentinel)} "
+            f"(key prefix {settings.key_prefix!r})"
+        )
     kind = "Redis Cluster" if settings.redis_cluster else "Redis"
     return f"{kind} at {redact_url(settings.redis_url or '')} (key prefix {settings.key_prefix!r})"
 
@@ -359,7 +423,13 @@ def _secrets(args: argparse.Namespace) -> set[str]:
     """The passwords and tokens that must never be printed, from the options and the environment."""
     found: set[str] = set()
     urls = [getattr(args, "redis_url", None), os.environ.get("FLAGMETRICS_REDIS_URL")]
-    tokens = [getattr(args, "token", None), os.environ.get("FLAGMETRICS_METRICS_TOKEN")]
+    tokens = [
+        getattr(args, "token", None),
+        os.environ.get("FLAGMETRICS_METRICS_TOKEN"),
+        os.environ.get("FLAGMETRICS_REDIS_SENTINEL_PASSWORD"),
+    ]
+    sentinels = [getattr(args, "redis_sentinel", None), os.environ.get("FLAGMETRICS_REDIS_SENTINEL")]
+    urls += [text for text in sentinels if text and "://" in text]  # the URL form holds the master's password
     for url in filter(None, urls):
         try:
             parts = urlsplit(url)
