@@ -23,7 +23,6 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from flagmetrics import RedisStore, __version__
 from flagmetrics.cli import main
-from tests.helpers import require_binary
 from tests.processes import (
     LOOPBACK,
     REPO,
@@ -564,17 +563,10 @@ def test_inspect_of_a_cluster_url_without_the_option_says_what_to_set(
 
 
 @pytest.fixture(scope="module")
-def sentinels(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisSentinels]:
-    """A master, a replica and three sentinels, holding EVENTS and PINNED under the key prefix `shop`."""
-    group = RedisSentinels(
-        binary=require_binary("redis-server", "redis-server"), directory=tmp_path_factory.mktemp("sentinels")
-    )
-    group.start()
-    try:
-        asyncio.run(populate(RedisStore.from_sentinel(group.addresses, key_prefix="shop")))
-        yield group
-    finally:
-        group.stop()
+def sentinels(redis_sentinels: RedisSentinels) -> RedisSentinels:
+    """The session's sentinels, holding EVENTS and PINNED under the key prefix `shop`."""
+    asyncio.run(populate(RedisStore.from_sentinel(redis_sentinels.addresses, key_prefix="shop")))
+    return redis_sentinels
 
 
 @pytest.mark.parametrize("command", ["inspect", "serve"])
@@ -715,12 +707,6 @@ def test_inspect_reads_the_master_the_sentinels_name(
 
 @pytest.mark.redis
 @pytest.mark.timeout(60)
-@pytest.mark.xfail(
-    reason="flagmetrics.exposition.ScrapeSource accepts only `redis_url` as a fleet store (it should ask "
-    "`Settings.uses_redis`), so `serve` refuses to start with the sentinels alone",
-    raises=AssertionError,
-    strict=True,
-)
 def test_serve_exports_the_fleet_gauges_of_the_master_the_sentinels_name(
     tmp_path: Path, sentinels: RedisSentinels
 ) -> None:

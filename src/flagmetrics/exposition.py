@@ -129,13 +129,14 @@ class ScrapeSource:
     ) -> None:
         """Serve the fleet gauges, and the workers' files of `multiprocess_path` when `workers` is true.
 
-        The store is Redis when `settings.redis_url` is set, else the `LocalStore` in
+        The store is Redis when `settings.redis_url` or `settings.redis_sentinel` is set, else the `LocalStore` in
         `multiprocess_path`; with `workers` false (`flagmetrics serve`) the fleet gauges are always
         served, even where `settings.fleet_gauges` turns them off for the workers' scrapes.
         """
-        if not settings.redis_url and multiprocess_path is None:
+        if not settings.uses_redis and multiprocess_path is None:
             raise ConfigurationError(
-                "no fleet store: set `redis_url` (FLAGMETRICS_REDIS_URL) or give the multiprocess directory"
+                "no fleet store: set `redis_url` (FLAGMETRICS_REDIS_URL) or `redis_sentinel` "
+                "(FLAGMETRICS_REDIS_SENTINEL), or give the multiprocess directory"
             )
         self._settings = settings
         self._prefix = prefix
@@ -147,7 +148,7 @@ class ScrapeSource:
         if self._workers and self._path is not None:
             with metrics_lock(self._path):
                 yield from FilesCollector(self._path).collect()
-        spool = spool_directory(self._settings.spool_dir, self._path) if self._settings.redis_url else None
+        spool = spool_directory(self._settings.spool_dir, self._path) if self._settings.uses_redis else None
         if self._workers and spool is not None:
             yield from SpoolCollector(spool, self._prefix).collect()
         if self._settings.fleet_gauges or not self._workers:
