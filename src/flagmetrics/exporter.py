@@ -92,7 +92,8 @@ class PrometheusExporter:
                 Under multiprocess mode a scrape reads every worker's files instead.
             prefix: Prefix of every metric name (`"myapp"` gives `myapp_feature_flag_*`).
             duration_buckets: Histogram buckets in seconds.
-            store: Fleet store; when None, a `RedisStore` if `FLAGMETRICS_REDIS_URL` is set, else a
+            store: Fleet store; when None, a `RedisStore` if `FLAGMETRICS_REDIS_URL` or
+                `FLAGMETRICS_REDIS_SENTINEL` is set, else a
                 `LocalStore` beside the multiprocess files (or in memory for a single process).
             settings: All settings at once; by default read from `FLAGMETRICS_*` variables. The
                 keyword arguments after it override single fields.
