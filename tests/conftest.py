@@ -18,11 +18,12 @@ import fakeredis
 import pytest
 
 from flagmetrics.compat import values_in_multiprocess_mode
-from tests.helpers import Gunicorn, require_binary, start_cluster
+from tests.helpers import Gunicorn, require_binary, start_cluster, start_sentinels
 from tests.processes import (
     LOOPBACK,
     REPO,
     RedisCluster,
+    RedisSentinels,
     RedisServer,
     children_of,
     clean_environ,
@@ -36,6 +37,8 @@ _MARKERS_BY_FIXTURE = {
     "redis_server": "redis",
     "redis_cluster": "redis",
     "fresh_redis_cluster": "redis",
+    "redis_sentinels": "redis",
+    "fresh_redis_sentinels": "redis",
     "gunicorn": "e2e",
 }
 
@@ -163,6 +166,29 @@ def fresh_redis_cluster(tmp_path: Path) -> Iterator[RedisCluster]:
         yield cluster
     finally:
         cluster.stop()
+
+
+# -- Redis Sentinel ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def redis_sentinels(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisSentinels]:
+    """A master, a replica and three sentinels for the session; tests keep apart by key prefix."""
+    group = start_sentinels(tmp_path_factory.mktemp("sentinels"))
+    try:
+        yield group
+    finally:
+        group.stop()
+
+
+@pytest.fixture
+def fresh_redis_sentinels(tmp_path: Path) -> Iterator[RedisSentinels]:
+    """A master, a replica and three sentinels of this test's own, for tests that fail the master over."""
+    group = start_sentinels(tmp_path / "sentinels")
+    try:
+        yield group
+    finally:
+        group.stop()
 
 
 @pytest.fixture

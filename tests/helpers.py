@@ -26,12 +26,12 @@ from litestar_flags.types import EvaluationReason
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from examples.traffic import Tally, parse_scrape
+from examples.traffic import Tally, parse_scrape, plan, send
 from flagmetrics import LocalStore, PrometheusExporter, RedisStore, StoreError
 from flagmetrics.buffer import digest_users
 from flagmetrics.collector import fleet_gauges, window_gauges
 from flagmetrics.stores.base import Batch, FlagDelta, Pin, Snapshot, Store
-from tests.processes import LOOPBACK, RedisCluster, children_of, pid_alive, stop_process, wait_for
+from tests.processes import LOOPBACK, RedisCluster, RedisSentinels, children_of, pid_alive, stop_process, wait_for
 
 T = TypeVar("T")
 StoreT = TypeVar("StoreT", bound=Store)
@@ -364,6 +364,13 @@ class Gunicorn:
         return asyncio.run(read())
 
 
+def start_sentinels(directory: Path) -> RedisSentinels:
+    """A master, one replica and three sentinels on free loopback ports, the replica in sync and seen."""
+    group = RedisSentinels(binary=require_binary("redis-server", "redis-server"), directory=directory)
+    group.start()
+    return group
+
+
 def start_cluster(directory: Path) -> RedisCluster:
     """3 masters and 3 replicas on free loopback ports, healthy."""
     cluster = RedisCluster(
@@ -440,3 +447,68 @@ def monotonic_samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]]
             for sample in family.samples:
                 samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
     return samples
+
+
+# -- traffic and scrapes through a failover ---------------------------------------------------------------
+
+
+class Load(threading.Thread):
+    """Evaluations of new users, in rounds of 50 users, until stopped; tallied by the app's answers."""
+
+    def __init__(self, app: Gunicorn) -> None:
+        super().__init__(daemon=True)
+        self._app = app
+        self._stopping = threading.Event()
+        self.tally = Tally()
+        self.rounds: list[tuple[float, int]] = []
+        """When each round ended and the evaluations answered by then, in all."""
+
+    def run(self) -> None:
+        first, answered = 0, 0
+        while not self._stopping.is_set():
+            tally = asyncio.run(send(self._app.url, list(plan(50, first=first)), concurrency=4))
+            self.tally.update(tally)
+            answered += sum(tally.evaluations.values())
+            self.rounds.append((time.monotonic(), answered))
+            first += 50
+
+    def answered_by(self, moment: float) -> int:
+        """Evaluations answered in the rounds that ended by `moment`."""
+        return max((answered for at, answered in self.rounds if at <= moment), default=0)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self.join(60)
+        assert not self.is_alive()
+
+
+class Scrapes(threading.Thread):
+    """Scrapes on fresh connections throughout, noting each one's time, duration and fleet gauges."""
+
+    def __init__(self, app: Gunicorn) -> None:
+        super().__init__(daemon=True)
+        self._app = app
+        self._stopping = threading.Event()
+        self.seen: list[tuple[float, float, int, float, bool]] = []
+        """(started, seconds, status, store_up, whether any fleet gauge was in it)"""
+
+    def run(self) -> None:
+        with httpx.Client(timeout=10) as client:
+            while not self._stopping.is_set():
+                started = time.monotonic()
+                try:
+                    response = client.get(f"{self._app.url}/metrics", headers={"connection": "close"})
+                except httpx.TransportError:
+                    self.seen.append((started, time.monotonic() - started, 0, -1.0, False))
+                    continue
+                took = time.monotonic() - started
+                scrape = parse_scrape(response.text) if response.status_code == 200 else None
+                up = scrape.samples.get("flagmetrics_store_up", -1.0) if scrape else -1.0
+                gauges = bool(scrape and (scrape.unique_users or scrape.error_rates))
+                self.seen.append((started, took, response.status_code, up, gauges))
+                self._stopping.wait(0.05)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self.join(30)
+        assert not self.is_alive()

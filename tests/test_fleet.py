@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from collections.abc import Callable
 
-import httpx
 import pytest
 
 from examples.traffic import Tally, parse_scrape, plan, send
-from tests.helpers import Gunicorn, assert_scrape_is_true, landed
+from tests.helpers import Gunicorn, Load, Scrapes, assert_scrape_is_true, landed
 from tests.processes import RedisCluster, RedisServer, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis]
@@ -85,65 +83,6 @@ async def _send_both(hosts: list[Gunicorn]) -> list[Tally]:
     return list(await asyncio.gather(send(first.url, list(plan(800))), send(second.url, list(plan(800, first=400)))))
 
 
-class Load(threading.Thread):
-    """Evaluations sent in rounds of 50 users until stopped, tallied by the app's answers."""
-
-    def __init__(self, app: Gunicorn) -> None:
-        super().__init__(daemon=True)
-        self._app = app
-        self._stopping = threading.Event()
-        self.tally = Tally()
-        self.answered: list[float] = []
-        self.evaluations: list[int] = []
-        """Evaluations answered in each round; `answered` holds when each round ended."""
-
-    def run(self) -> None:
-        first = 0
-        while not self._stopping.is_set():
-            tally = asyncio.run(send(self._app.url, list(plan(50, first=first)), concurrency=4))
-            self.tally.update(tally)
-            self.evaluations.append(sum(tally.evaluations.values()))
-            self.answered.append(time.monotonic())
-            first += 50
-
-    def stop(self) -> None:
-        self._stopping.set()
-        self.join(60)
-        assert not self.is_alive()
-
-
-class Scrapes(threading.Thread):
-    """Scrapes throughout, noting each one's time and whether it carried the fleet gauges."""
-
-    def __init__(self, app: Gunicorn) -> None:
-        super().__init__(daemon=True)
-        self._app = app
-        self._stopping = threading.Event()
-        self.seen: list[tuple[float, float, int, float]] = []  # (at, seconds, status, store_up)
-
-    def run(self) -> None:
-        with httpx.Client(timeout=10) as client:
-            while not self._stopping.is_set():
-                started = time.monotonic()
-                try:
-                    response = client.get(f"{self._app.url}/metrics", headers={"connection": "close"})
-                except httpx.TransportError:
-                    self.seen.append((started, time.monotonic() - started, 0, -1.0))
-                    continue
-                took = time.monotonic() - started
-                if response.status_code != 200:
-                    self.seen.append((started, took, response.status_code, -1.0))
-                    continue
-                up = parse_scrape(response.text).samples.get("flagmetrics_store_up", -1.0)
-                self.seen.append((started, took, response.status_code, up))
-                self._stopping.wait(0.05)
-
-    def stop(self) -> None:
-        self._stopping.set()
-        self.join(30)
-        assert not self.is_alive()
-
-
 def test_a_cluster_master_failing_over_fails_no_request_and_no_scrape(
     gunicorn: Callable[..., Gunicorn], fresh_redis_cluster: RedisCluster
 ) -> None:
@@ -158,12 +97,12 @@ def test_a_cluster_master_failing_over_fails_no_request_and_no_scrape(
     load.start()
     scrapes.start()
     try:
-        wait_for(lambda: len(load.answered) >= 10, 60, "traffic before the failover")
+        wait_for(lambda: len(load.rounds) >= 10, 60, "traffic before the failover")
         cluster.master_nodes()[0].kill()
         killed_at = time.monotonic()
         cluster.wait_healthy(60)  # a replica has taken the dead master's slots
         healthy_at = time.monotonic()
-        wait_for(lambda: len([t for t in load.answered if t > healthy_at]) >= 10, 60, "traffic after the failover")
+        wait_for(lambda: len([at for at, _ in load.rounds if at > healthy_at]) >= 10, 60, "traffic after the failover")
     finally:
         load.stop()
     try:
@@ -175,8 +114,8 @@ def test_a_cluster_master_failing_over_fails_no_request_and_no_scrape(
 
     truth = sum(load.tally.totals().values())
     lost = truth - sum(total for total, _ in stored.values())
-    worst = max(took for _, took, _, _ in scrapes.seen)
-    back = [at for at, _, _, up in scrapes.seen if at > healthy_at and up == 1.0]
+    worst = max(took for _, took, _, _, _ in scrapes.seen)
+    back = [at for at, _, _, up, _ in scrapes.seen if at > healthy_at and up == 1.0]
     print(
         f"failover: {truth} evaluations, {load.tally.failed_requests} failed requests, {len(scrapes.seen)} scrapes, "
         f"worst {worst:.3f} s, cluster healthy {healthy_at - killed_at:.1f} s after the kill, gauges back "
@@ -184,16 +123,14 @@ def test_a_cluster_master_failing_over_fails_no_request_and_no_scrape(
         "evaluations lost"
     )
     assert load.tally.failed_requests == 0
-    assert all(status == 200 for _, _, status, _ in scrapes.seen)
+    assert all(status == 200 for _, _, status, _, _ in scrapes.seen)
     assert worst <= SCRAPE_TIMEOUT_S + RENDERING_S
     assert back
     for flag, total in load.tally.totals().items():  # nothing counted twice
         assert stored.get(flag, (0, 0))[0] <= total, flag
     # What the dead master acknowledged but had not yet sent to its replica is lost: on loopback,
     # replication keeps up within a flush interval, so at most the evaluations of the last second.
-    last_second = sum(
-        n for t, n in zip(load.answered, load.evaluations, strict=True) if killed_at - 1 <= t <= killed_at
-    )
+    last_second = load.answered_by(killed_at) - load.answered_by(killed_at - 1)
     assert 0 <= lost <= last_second
 
 

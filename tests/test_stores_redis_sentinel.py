@@ -14,12 +14,10 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import fakeredis
-import httpx
 import pytest
 from redis.asyncio import Redis
 from redis.asyncio.sentinel import MasterNotFoundError, SentinelConnectionPool, SentinelManagedSSLConnection
@@ -28,13 +26,13 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ReadOnlyError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from examples.traffic import Tally, parse_scrape, plan, send
+from examples.traffic import Tally, parse_scrape
 from flagmetrics.config import Settings
 from flagmetrics.exceptions import ConfigurationError, StoreError
 from flagmetrics.stores import default_store
 from flagmetrics.stores.base import FlagDelta, Snapshot, snapshot_within
 from flagmetrics.stores.redis import KeyLayout, RedisStore
-from tests.helpers import Gunicorn, batch, require_binary, run_with, users
+from tests.helpers import Gunicorn, Load, Scrapes, batch, run_with, users
 from tests.processes import REPO, RedisSentinels, clean_environ, wait_for
 
 PASSWORD = "pw-s3cret-71d0"
@@ -437,33 +435,6 @@ def test_default_store_reads_the_sentinel_variables() -> None:
 # -- against real sentinels --------------------------------------------------------------------------------
 
 
-def start_sentinels(directory: Path) -> RedisSentinels:
-    """A master, one replica and three sentinels on free loopback ports, the replica in sync and seen."""
-    group = RedisSentinels(binary=require_binary("redis-server", "redis-server"), directory=directory)
-    group.start()
-    return group
-
-
-@pytest.fixture(scope="module")
-def sentinels(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisSentinels]:
-    """One group for the tests that do not fail it over; they keep apart by key prefix."""
-    group = start_sentinels(tmp_path_factory.mktemp("sentinels"))
-    try:
-        yield group
-    finally:
-        group.stop()
-
-
-@pytest.fixture
-def fresh_sentinels(tmp_path: Path) -> Iterator[RedisSentinels]:
-    """A group of this test's own, for a test that fails its master over."""
-    group = start_sentinels(tmp_path / "sentinels")
-    try:
-        yield group
-    finally:
-        group.stop()
-
-
 def figures(snapshot: Snapshot) -> dict[str, tuple[int, int, int]]:
     return {key: (stats.total, stats.errors, stats.unique_users) for key, stats in snapshot.flags.items()}
 
@@ -475,8 +446,8 @@ def new_master(group: RedisSentinels, old: int | None) -> int | None:
 
 
 @pytest.mark.redis
-def test_a_batch_goes_to_the_master_the_sentinels_name_and_is_read_back(sentinels: RedisSentinels) -> None:
-    store = RedisStore.from_sentinel(sentinels.addresses, key_prefix="roundtrip")
+def test_a_batch_goes_to_the_master_the_sentinels_name_and_is_read_back(redis_sentinels: RedisSentinels) -> None:
+    store = RedisStore.from_sentinel(redis_sentinels.addresses, key_prefix="roundtrip")
 
     async def scenario(store: RedisStore) -> Snapshot:
         await store.push(batch(1, {"a": FlagDelta(5, 2, users(0, 4))}))
@@ -484,14 +455,14 @@ def test_a_batch_goes_to_the_master_the_sentinels_name_and_is_read_back(sentinel
         return await store.snapshot()
 
     assert figures(run_with(store, scenario)) == {"a": (5, 2, 4)}
-    master = sentinels.server_on(sentinels.master_port() or 0)
-    assert master is sentinels.master
+    master = redis_sentinels.server_on(redis_sentinels.master_port() or 0)
+    assert master is redis_sentinels.master
     assert int(master.client().hget(store.layout.counts(store.layout.group("a")), "total:a") or 0) == 5
 
 
 @pytest.mark.redis
-def test_an_unknown_service_fails_at_once_as_a_transient_store_error(sentinels: RedisSentinels) -> None:
-    store = RedisStore.from_sentinel(sentinels.addresses, "no-such-master")
+def test_an_unknown_service_fails_at_once_as_a_transient_store_error(redis_sentinels: RedisSentinels) -> None:
+    store = RedisStore.from_sentinel(redis_sentinels.addresses, "no-such-master")
     started = time.monotonic()
     with pytest.raises(StoreError, match="No master found for 'no-such-master'") as raised:
         run_with(store, lambda s: snapshot_within(s, 5.0))
@@ -503,13 +474,13 @@ def test_an_unknown_service_fails_at_once_as_a_transient_store_error(sentinels: 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("min_replicas", [0, 1], ids=["default", "min-replicas-to-write-1"])
 def test_a_master_replaced_while_alive_is_left_for_the_new_one_and_no_batch_counts_twice(
-    fresh_sentinels: RedisSentinels, min_replicas: int
+    fresh_redis_sentinels: RedisSentinels, min_replicas: int
 ) -> None:
     """`SENTINEL FAILOVER` promotes the replica while the master lives on: every batch is delivered (retried
     as the flusher would, transient errors only) and none twice; the batches the old master took before
     the sentinels named the new one are lost with its demotion, unless `min-replicas-to-write` makes it
     refuse them (NOREPLICAS) once its replica has left, so that they are sent again to the new master."""
-    group = fresh_sentinels
+    group = fresh_redis_sentinels
     assert group.master is not None
     group.master.client().config_set("min-replicas-to-write", min_replicas)  # on the old master only
     old = group.master_port()
@@ -564,68 +535,6 @@ RENDERING_S = 1.0
 """Allowance for rendering a scrape on this machine (2 cores, shared), on top of the scrape timeout."""
 CAUGHT_UP_LAG_S = 1.0
 """The store counts as caught up while it holds every evaluation answered this long ago (5 flushes)."""
-
-
-class Load(threading.Thread):
-    """Evaluations of new users, in rounds of 50 users, until stopped; tallied by the app's answers."""
-
-    def __init__(self, app: Gunicorn) -> None:
-        super().__init__(daemon=True)
-        self._app = app
-        self._stopping = threading.Event()
-        self.tally = Tally()
-        self.rounds: list[tuple[float, int]] = []
-        """When each round ended and the evaluations answered by then, in all."""
-
-    def run(self) -> None:
-        first, answered = 0, 0
-        while not self._stopping.is_set():
-            tally = asyncio.run(send(self._app.url, list(plan(50, first=first)), concurrency=4))
-            self.tally.update(tally)
-            answered += sum(tally.evaluations.values())
-            self.rounds.append((time.monotonic(), answered))
-            first += 50
-
-    def answered_by(self, moment: float) -> int:
-        """Evaluations answered in the rounds that ended by `moment`."""
-        return max((answered for at, answered in self.rounds if at <= moment), default=0)
-
-    def stop(self) -> None:
-        self._stopping.set()
-        self.join(60)
-        assert not self.is_alive()
-
-
-class Scrapes(threading.Thread):
-    """Scrapes on fresh connections throughout, noting each one's time, duration and fleet gauges."""
-
-    def __init__(self, app: Gunicorn) -> None:
-        super().__init__(daemon=True)
-        self._app = app
-        self._stopping = threading.Event()
-        self.seen: list[tuple[float, float, int, float, bool]] = []
-        """(started, seconds, status, store_up, whether any fleet gauge was in it)"""
-
-    def run(self) -> None:
-        with httpx.Client(timeout=10) as client:
-            while not self._stopping.is_set():
-                started = time.monotonic()
-                try:
-                    response = client.get(f"{self._app.url}/metrics", headers={"connection": "close"})
-                except httpx.TransportError:
-                    self.seen.append((started, time.monotonic() - started, 0, -1.0, False))
-                    continue
-                took = time.monotonic() - started
-                scrape = parse_scrape(response.text) if response.status_code == 200 else None
-                up = scrape.samples.get("flagmetrics_store_up", -1.0) if scrape else -1.0
-                gauges = bool(scrape and (scrape.unique_users or scrape.error_rates))
-                self.seen.append((started, took, response.status_code, up, gauges))
-                self._stopping.wait(0.05)
-
-    def stop(self) -> None:
-        self._stopping.set()
-        self.join(30)
-        assert not self.is_alive()
 
 
 class StoreWatch(threading.Thread):
@@ -690,11 +599,11 @@ def users_lost(group: RedisSentinels, tally: Tally, snapshot: Snapshot) -> dict[
 @pytest.mark.e2e
 @pytest.mark.timeout(60)
 def test_a_master_killed_behind_sentinel_fails_no_request_and_no_scrape(
-    fresh_sentinels: RedisSentinels, gunicorn: Callable[..., Gunicorn]
+    fresh_redis_sentinels: RedisSentinels, gunicorn: Callable[..., Gunicorn]
 ) -> None:
     """SIGKILL the master mid-traffic: every request answered, every scrape within its timeout, the fleet
     gauges left out while no master answers, then back on the promoted replica and true again."""
-    group = fresh_sentinels
+    group = fresh_redis_sentinels
     app = gunicorn(FLAGMETRICS_REDIS_SENTINEL=group.addresses, FLAGMETRICS_SCRAPE_TIMEOUT_S=str(SCRAPE_TIMEOUT_S))
     old = group.master_port()
     load, scrapes, watch = Load(app), Scrapes(app), StoreWatch(group.addresses)
