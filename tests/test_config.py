@@ -405,3 +405,19 @@ def test_the_sentinel_password_is_left_out_of_the_settings_repr() -> None:
 )
 def test_redact_sentinel_hides_the_masters_password(text: str, shown: str) -> None:
     assert redact_sentinel(text) == shown
+
+
+def test_the_settings_repr_shows_no_secret() -> None:
+    """Token, hash key and the passwords inside either Redis setting are hidden; the rest is shown."""
+    secret = "hunter2-secret"
+    for settings in (
+        Settings(redis_url=f"redis://:{secret}@cache:6379/0", metrics_token=secret, hash_key=secret),
+        Settings(redis_sentinel=f"redis://:{secret}@s1:26379,s2:26379/0", redis_sentinel_password=secret),
+    ):
+        shown = repr(settings)
+        assert secret not in shown
+        assert shown.startswith("Settings(")
+        assert "key_prefix='flagmetrics'" in shown
+    assert "redis_url='redis://:***@cache:6379/0'" in repr(Settings(redis_url=f"redis://:{secret}@cache:6379/0"))
+    assert "metrics_token='***'" in repr(Settings(metrics_token=secret))
+    assert "metrics_token=None" in repr(Settings())

@@ -197,6 +197,26 @@ class Settings:
         """Return a copy with the fields given changed, validated."""
         return replace(self, **changes)
 
+    def __repr__(self) -> str:
+        """Every field, with secrets shown as `***` and passwords inside URLs hidden: safe to log."""
+        shown = []
+        for item in fields(self):
+            if not item.repr:
+                continue
+            value = getattr(self, item.name)
+            if item.name in _SECRETS and value:
+                value = "***"
+            elif item.name == "redis_url" and isinstance(value, str):
+                value = redact_url(value)
+            elif item.name == "redis_sentinel" and isinstance(value, str):
+                value = redact_sentinel(value)
+            shown.append(f"{item.name}={value!r}")
+        return f"Settings({', '.join(shown)})"
+
+
+_SECRETS = frozenset({"hash_key", "metrics_token"})
+"""Fields whose values `Settings.__repr__` never shows."""
+
 
 def metric_prefix(prefix: str, *, argument: str = "prefix") -> str:
     """The metric name prefix for `prefix` (`"myapp"` gives `"myapp_"`, `""` gives `""`).
