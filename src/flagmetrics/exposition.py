@@ -7,6 +7,7 @@ framework integration.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -142,6 +143,9 @@ class ScrapeSource:
         self._prefix = prefix
         self._path = multiprocess_path
         self._workers = workers
+        if settings.uses_redis:
+            # Load redis-py now rather than in the first scrape, which would take that much longer.
+            importlib.import_module("flagmetrics.stores.redis")
 
     def collect(self) -> Iterator[Metric]:
         """Yield the workers' metrics, then read the store and yield the fleet gauges."""
