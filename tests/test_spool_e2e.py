@@ -31,6 +31,8 @@ MAX_REQUESTS = "25"
 # A scrape answers within the scrape timeout (0.5 s by default) plus rendering; on this small machine
 # rendering under recycling load is allowed 0.5 s more.
 SCRAPE_BOUND_S = 1.0
+OUTAGE_USERS = 150
+"""Users sent in each phase of the outage: about 400 requests, so each phase recycles some 16 workers."""
 
 
 def traffic(app: Gunicorn, tally: Tally, first: int, users: int) -> int:
@@ -58,13 +60,13 @@ def recycle_through_an_outage(
     exits = app.worker_exits()
     redis_server.pause()  # frozen: connections hang
     try:
-        first = traffic(app, tally, first, 250)
+        first = traffic(app, tally, first, OUTAGE_USERS)
         wait_for(lambda: shutdowns_done(app), 30, "the recycled workers to exit while Redis is frozen")
         outage_scrapes = scraper.scrapes
     finally:
         redis_server.resume()
     redis_server.stop()  # down: connections refused
-    first = traffic(app, tally, first, 250)
+    first = traffic(app, tally, first, OUTAGE_USERS)
     wait_for(lambda: shutdowns_done(app), 30, "the recycled workers to exit while Redis is down")
     recycled = app.worker_exits() - exits
     assert recycled >= 8, f"only {recycled} workers recycled during the outage"
