@@ -13,7 +13,6 @@ from flagmetrics.config import (
     Settings,
     metric_prefix,
     parse_sentinel,
-    redact_sentinel,
     redact_url,
 )
 from flagmetrics.exceptions import ConfigurationError, FlagMetricsError
@@ -251,6 +250,9 @@ def test_metric_prefix_rejects_what_is_not_a_name_naming_the_argument(prefix: An
         ("redis://user:s3cret@host/0", "redis://user:***@host/0"),
         ("rediss://host/0?password=s3cret&ssl_ca_certs=/ca.pem", "rediss://host/0?password=***&ssl_ca_certs=/ca.pem"),
         ("redis://host:6379/0", "redis://host:6379/0"),
+        ("redis://:pa/ss?w#rd@host:6379/0", "redis://:***@host:6379/0"),  # unencoded / ? # in the password
+        ("unix:///run/redis.sock?password=s3cret&db=1", "unix:///run/redis.sock?password=***&db=1"),
+        ("user:s3cret@host:6379", "user:***@host:6379"),  # no scheme: refused, and still redacted
     ],
 )
 def test_redact_url_hides_the_password(url: str, shown: str) -> None:
@@ -403,8 +405,8 @@ def test_the_sentinel_password_is_left_out_of_the_settings_repr() -> None:
         (f"redis://app:{SENTINEL_PASSWORD.replace('-', '/?')}@s1/0", "redis://app:***@s1/0"),
     ],
 )
-def test_redact_sentinel_hides_the_masters_password(text: str, shown: str) -> None:
-    assert redact_sentinel(text) == shown
+def test_redact_url_hides_the_masters_password_in_the_sentinel_setting(text: str, shown: str) -> None:
+    assert redact_url(text) == shown
 
 
 def test_the_settings_repr_shows_no_secret() -> None:

@@ -18,7 +18,7 @@ from urllib.parse import unquote, urlsplit
 
 from flagmetrics import __version__
 from flagmetrics.auth import credentials_for
-from flagmetrics.config import Settings, metric_prefix, redact_sentinel, redact_url
+from flagmetrics.config import Settings, metric_prefix, redact_url
 from flagmetrics.exceptions import ConfigurationError, FlagMetricsError, StoreError
 from flagmetrics.exposition import ScrapeSource
 from flagmetrics.server import start_metrics_server
@@ -318,7 +318,7 @@ def _inspect(args: argparse.Namespace) -> int:
         store: dict[str, Any] = {"directory": args.dir}
         if args.dir is None and settings.redis_sentinel:
             store = {
-                "redis_sentinel": redact_sentinel(settings.redis_sentinel),
+                "redis_sentinel": redact_url(settings.redis_sentinel),
                 "redis_sentinel_master": settings.redis_sentinel_master,
                 "key_prefix": settings.key_prefix,
             }
@@ -412,7 +412,7 @@ def _describe(settings: Settings, directory: str | None) -> str:
         return f"the directory {directory!r}"
     if settings.redis_sentinel:
         return (
-            f"Redis Sentinel master {settings.redis_sentinel_master!r} at {redact_sentinel(settings.redis_sentinel)} "
+            f"Redis Sentinel master {settings.redis_sentinel_master!r} at {redact_url(settings.redis_sentinel)} "
             f"(key prefix {settings.key_prefix!r})"
         )
     kind = "Redis Cluster" if settings.redis_cluster else "Redis"

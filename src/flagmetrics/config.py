@@ -8,7 +8,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote
 
 from flagmetrics.exceptions import ConfigurationError
 from flagmetrics.windows import DEFAULT_WINDOWS, parse_windows
@@ -20,7 +20,6 @@ __all__ = [
     "Settings",
     "metric_prefix",
     "parse_sentinel",
-    "redact_sentinel",
     "redact_url",
 ]
 
@@ -206,10 +205,8 @@ class Settings:
             value = getattr(self, item.name)
             if item.name in _SECRETS and value:
                 value = "***"
-            elif item.name == "redis_url" and isinstance(value, str):
+            elif item.name in ("redis_url", "redis_sentinel") and isinstance(value, str):
                 value = redact_url(value)
-            elif item.name == "redis_sentinel" and isinstance(value, str):
-                value = redact_sentinel(value)
             shown.append(f"{item.name}={value!r}")
         return f"Settings({', '.join(shown)})"
 
@@ -229,18 +226,23 @@ def metric_prefix(prefix: str, *, argument: str = "prefix") -> str:
 
 
 def redact_url(url: str) -> str:
-    """Return `url` with its password (in the user part or a `password=` query) shown as `***`."""
-    try:
-        parts = urlsplit(url)
-        netloc = parts.netloc
-        if parts.password is not None:
-            netloc = f"{parts.username or ''}:***@{netloc.rpartition('@')[2]}"
-    except ValueError:
-        return "<a URL that could not be parsed>"
+    """Return a Redis URL or `redis_sentinel` setting with its passwords (the user part's, a `password=`
+    query's) shown as `***`.
+
+    Everything between the user name and the last `@` counts as the password, so that one with an
+    unencoded `/`, `?` or `#` is hidden too, and a URL that does not parse hides it as well.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    auth, at, tail = rest.rpartition("@")
+    if at and ":" in auth:
+        auth = auth.partition(":")[0] + ":***"
+    head, question, query = tail.partition("?")
     query = "&".join(
-        "password=***" if item.partition("=")[0].lower() == "password" else item for item in parts.query.split("&")
+        "password=***" if item.partition("=")[0].lower() == "password" else item for item in query.split("&")
     )
-    return parts._replace(netloc=netloc, query=query).geturl()
+    return f"{scheme}{sep}{auth}{at}{head}{question}{query}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,7 +267,7 @@ def parse_sentinel(text: str, *, setting: str = "redis_sentinel") -> SentinelSpe
     IPv6 addresses go in brackets (`[::1]:26379`); a sentinel named without a port is on 26379. Raises
     `ConfigurationError` naming `setting`, never showing a password.
     """
-    shown = redact_sentinel(text)
+    shown = redact_url(text)
     hosts, spec = text.strip(), SentinelSpec(())
     scheme, sep, rest = hosts.partition("://")
     if sep:
@@ -329,25 +331,6 @@ def _sentinel_address(item: str, setting: str, shown: str, *, echo: bool) -> tup
             f"`{setting}` names a bad port{f' {port!r} for {host!r}' if echo else ''} (1-65535) in {shown!r}"
         )
     return host, int(port)
-
-
-def redact_sentinel(text: str) -> str:
-    """Return a `redis_sentinel` setting with the password of its URL form shown as `***`.
-
-    Everything between the user name and the last `@` counts as the password, so that one with an
-    unencoded `/`, `?` or `#` is hidden too.
-    """
-    scheme, sep, rest = text.partition("://")
-    if not sep:
-        return text
-    auth, at, tail = rest.rpartition("@")
-    if at and ":" in auth:
-        auth = auth.partition(":")[0] + ":***"
-    head, question, query = tail.partition("?")
-    query = "&".join(
-        "password=***" if item.partition("=")[0].lower() == "password" else item for item in query.split("&")
-    )
-    return f"{scheme}{sep}{auth}{at}{head}{question}{query}"
 
 
 def _parse(name: str, raw: str, annotation: Any) -> Any:

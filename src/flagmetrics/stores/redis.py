@@ -56,7 +56,7 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from flagmetrics.config import SentinelSpec, parse_sentinel, redact_sentinel, redact_url
+from flagmetrics.config import SentinelSpec, parse_sentinel, redact_url
 from flagmetrics.exceptions import ConfigurationError, StoreError
 from flagmetrics.stores.base import DIGEST_SIZE, Batch, FlagDelta, FlagStats, Pin, Snapshot, WindowStats, joined_digests
 from flagmetrics.windows import DEFAULT_WINDOWS, Window, parse_windows
@@ -585,7 +585,7 @@ class RedisStore:
             if given:
                 raise ConfigurationError(
                     f"`{given[0]}` given with a `sentinels` URL, which carries the master's credentials, database "
-                    f"and TLS: give them in the URL or as arguments, not both ({redact_sentinel(str(sentinels))!r})"
+                    f"and TLS: give them in the URL or as arguments, not both ({redact_url(str(sentinels))!r})"
                 )
             options.update({"db": spec.db, "ssl": spec.ssl})
             # As redis-py reads a URL: the query's options (its `db` over the path's), then the user part's credentials.
@@ -1003,7 +1003,7 @@ def _query_options(query: str, sentinels: str) -> dict[str, Any]:
     try:
         options: dict[str, Any] = dict(parse_url(f"redis://sentinel/?{query}"))
     except ValueError as exc:
-        raise ConfigurationError(f"`sentinels` {redact_sentinel(sentinels)!r} has a bad option: {exc}") from exc
+        raise ConfigurationError(f"`sentinels` {redact_url(sentinels)!r} has a bad option: {exc}") from exc
     options.pop("host", None)
     return options
 
