@@ -613,11 +613,11 @@ class RedisStore:
         delivers spooled batches only to the store they were written for."""
         if isinstance(self._client, RedisCluster):
             where = "cluster:" + ",".join(sorted(self._client.nodes_manager.startup_nodes))
-        elif isinstance(pool := self._client.connection_pool, SentinelConnectionPool):
+        elif (pool := self._sentinel_pool) is not None:
             sentinels = ",".join(_sentinel_addresses(pool))
             where = f"sentinel:{pool.service_name}@{sentinels}/{pool.connection_kwargs.get('db', 0)}"
         else:
-            kwargs = pool.connection_kwargs
+            kwargs = self._client.connection_pool.connection_kwargs
             address = kwargs.get("path") or f"{kwargs.get('host')}:{kwargs.get('port')}"
             where = f"redis:{address}/{kwargs.get('db', 0)}"
         return f"{where}:{self._layout.prefix}"
@@ -806,10 +806,8 @@ class RedisStore:
     async def close(self) -> None:
         """Close the connections (behind Sentinel, the sentinels' too)."""
         await self._client.aclose()
-        if isinstance(self._client, aioredis.Redis) and isinstance(
-            pool := self._client.connection_pool, SentinelConnectionPool
-        ):
-            await pool.sentinel_manager.aclose()
+        if self._sentinel_pool is not None:
+            await self._sentinel_pool.sentinel_manager.aclose()
 
     async def _run(self, calls: Sequence[_Call], doing: str, *, refusals: bool = False) -> list[Any]:
         """Run scripts: in one pipeline on a single node, concurrently on a cluster; raise `StoreError`.
@@ -947,7 +945,7 @@ class RedisStore:
     def __repr__(self) -> str:
         if isinstance(self._client, RedisCluster):
             kind = "cluster"
-        elif isinstance(pool := self._client.connection_pool, SentinelConnectionPool):
+        elif (pool := self._sentinel_pool) is not None:
             kind = f"sentinel master {pool.service_name!r} at {','.join(_sentinel_addresses(pool))}"
         else:
             kind = "single node"
