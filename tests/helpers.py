@@ -48,6 +48,19 @@ def fake_redis_store(server: fakeredis.FakeServer, cls: type[RedisStoreT]) -> Re
     return cls(fakeredis.aioredis.FakeRedis(server=server))
 
 
+def fake_redis_snapshot(server: fakeredis.FakeServer) -> Snapshot:
+    """The fleet state on a fakeredis server, read by a store of its own in a loop of its own."""
+
+    async def main() -> Snapshot:
+        store = fake_redis_store(server, RedisStore)
+        try:
+            return await store.snapshot()
+        finally:
+            await store.close()
+
+    return asyncio.run(main())
+
+
 def make_exporter(
     server: fakeredis.FakeServer | None = None, *, store: Store | None = None, **kwargs: Any
 ) -> tuple[PrometheusExporter, CollectorRegistry]:

@@ -17,10 +17,9 @@ from fastapi import FastAPI
 from starlette.applications import Starlette
 from starlette.routing import Mount, Route
 
-from flagmetrics import ConfigurationError, PrometheusExporter, RedisStore, Settings
+from flagmetrics import ConfigurationError, PrometheusExporter, Settings
 from flagmetrics.asgi import Message, MetricsApp, Receive, Scope, Send, lifespan, metrics_app
-from flagmetrics.stores.base import Snapshot
-from tests.helpers import make_exporter
+from tests.helpers import fake_redis_snapshot, make_exporter
 
 pytestmark = pytest.mark.usefixtures("clean_env")
 
@@ -30,17 +29,6 @@ EVENT = SimpleNamespace(flag_key="f", reason="DEFAULT", variant="on", targeting_
 
 def event(user: str) -> SimpleNamespace:
     return SimpleNamespace(flag_key="f", reason="DEFAULT", variant="on", targeting_key=user, evaluation_duration_ms=1.0)
-
-
-def read_store(server: fakeredis.FakeServer) -> Snapshot:
-    async def main() -> Snapshot:
-        store = RedisStore(fakeredis.aioredis.FakeRedis(server=server))
-        try:
-            return await store.snapshot()
-        finally:
-            await store.close()
-
-    return asyncio.run(main())
 
 
 def get(app: Any, path: str = "/metrics", method: str = "GET", **headers: str) -> httpx.Response:
@@ -220,7 +208,7 @@ def test_fastapi_lifespan_starts_the_flusher_and_flushes_at_shutdown(server: fak
     exporter = make_exporter(server, flush_interval_s=3600)[0]
     app = FastAPI(lifespan=lifespan(exporter))
     assert asyncio.run(run_fastapi(app, exporter, ["u1", "u2", "u1"])) is True
-    stats = read_store(server).flags["f"]
+    stats = fake_redis_snapshot(server).flags["f"]
     assert (stats.total, stats.errors, stats.unique_users) == (3, 0, 2)
 
 
@@ -234,7 +222,7 @@ def test_lifespan_flushes_even_when_the_app_fails(server: fakeredis.FakeServer) 
 
     with pytest.raises(RuntimeError, match="the app broke"):
         asyncio.run(main())
-    assert read_store(server).flags["f"].total == 1
+    assert fake_redis_snapshot(server).flags["f"].total == 1
 
 
 def test_lifespan_inside_an_apps_own_lifespan(server: fakeredis.FakeServer) -> None:
@@ -248,7 +236,7 @@ def test_lifespan_inside_an_apps_own_lifespan(server: fakeredis.FakeServer) -> N
 
     app = FastAPI(lifespan=own)
     assert asyncio.run(run_fastapi(app, exporter, ["u1"])) is True
-    assert read_store(server).flags["f"].total == 1
+    assert fake_redis_snapshot(server).flags["f"].total == 1
 
 
 class LifespanDriver:
@@ -303,7 +291,7 @@ def test_bare_asgi_app_hands_the_lifespan_to_the_metrics_app(server: fakeredis.F
     assert started == {"type": "lifespan.startup.complete"}
     assert running is True
     assert stopped == {"type": "lifespan.shutdown.complete"}
-    assert read_store(server).flags["f"].total == 1
+    assert fake_redis_snapshot(server).flags["f"].total == 1
 
 
 def test_failed_startup_is_reported_to_the_server(

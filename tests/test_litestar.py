@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 from types import SimpleNamespace
 from typing import Any
@@ -12,10 +11,9 @@ import pytest
 from litestar import Litestar, Request, get
 from litestar.testing import TestClient
 
-from flagmetrics import ConfigurationError, PrometheusExporter, RedisStore, Settings
+from flagmetrics import ConfigurationError, PrometheusExporter, Settings
 from flagmetrics.litestar import FlagMetricsPlugin
-from flagmetrics.stores.base import Snapshot
-from tests.helpers import make_exporter
+from tests.helpers import fake_redis_snapshot, make_exporter
 from tests.processes import wait_for
 
 pytestmark = pytest.mark.usefixtures("clean_env")
@@ -37,17 +35,6 @@ def make_app(exporter: PrometheusExporter, **plugin_kwargs: Any) -> Litestar:
         return "ok"
 
     return Litestar(route_handlers=[evaluate], plugins=[FlagMetricsPlugin(exporter, **plugin_kwargs)])
-
-
-def read_store(server: fakeredis.FakeServer) -> Snapshot:
-    async def main() -> Snapshot:
-        store = RedisStore(fakeredis.aioredis.FakeRedis(server=server))
-        try:
-            return await store.snapshot()
-        finally:
-            await store.close()
-
-    return asyncio.run(main())
 
 
 def basic(user: str, password: str) -> dict[str, str]:
@@ -100,7 +87,7 @@ def test_no_path_still_flushes_at_shutdown(server: fakeredis.FakeServer) -> None
     exporter = make_exporter(server, flush_interval_s=3600)[0]
     with TestClient(make_app(exporter, path=None)) as client:
         assert client.get("/evaluate", params={"user": "u1"}).status_code == 200
-    assert read_store(server).flags["f"].total == 1
+    assert fake_redis_snapshot(server).flags["f"].total == 1
 
 
 def test_path_must_start_with_slash(server: fakeredis.FakeServer) -> None:
@@ -244,8 +231,8 @@ def test_shutdown_delivers_buffered_events_to_the_store(server: fakeredis.FakeSe
     with TestClient(make_app(exporter)) as client:
         for user in ("u1", "u2", "u1"):
             assert client.get("/evaluate", params={"user": user}).status_code == 200
-        assert read_store(server).flags == {}
-    stats = read_store(server).flags["f"]
+        assert fake_redis_snapshot(server).flags == {}
+    stats = fake_redis_snapshot(server).flags["f"]
     assert (stats.total, stats.errors, stats.unique_users) == (3, 0, 2)
 
 
